@@ -1,0 +1,13 @@
+//! rusty_rail: a Maglev-style L4 load balancer.
+//!
+//! `wire` holds zero-copy packet views, `maglev` the consistent-hash table,
+//! `dataplane` the per-frame pipeline, `config` the `RR_*` environment, `control` what builds the tables.
+//! Only the I/O backends (`io`) may use `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod io;
+pub mod maglev;
+pub mod wire;

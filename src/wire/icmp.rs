@@ -1,0 +1,142 @@
+//! ICMP (RFC 792) and ICMPv6 (RFC 4443) share one layout: type, code,
+//! checksum, four bytes of message-specific data, then the body.
+
+use super::bytes::{self, Field};
+use super::checksum;
+use super::{Error, Result, ip_proto};
+
+mod field {
+    use super::Field;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Field = 2..4;
+    pub const IDENT: Field = 4..6;
+    pub const SEQ: Field = 6..8;
+}
+
+pub const HEADER_LEN: usize = 8;
+
+/// ICMPv4 types we name.
+pub mod v4 {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACHABLE: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Code of DEST_UNREACHABLE: fragmentation needed and DF set.
+    pub const FRAG_NEEDED: u8 = 4;
+}
+
+/// ICMPv6 types we name.
+pub mod v6 {
+    pub const DEST_UNREACHABLE: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 128;
+    pub const ECHO_REPLY: u8 = 129;
+    pub const NEIGHBOR_SOLICIT: u8 = 135;
+    pub const NEIGHBOR_ADVERT: u8 = 136;
+}
+
+#[derive(Debug, Clone)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        if buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        Ok(Packet { buffer })
+    }
+
+    #[inline]
+    fn buf(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    #[inline]
+    pub fn msg_type(&self) -> u8 {
+        bytes::u8_at(self.buf(), field::TYPE)
+    }
+
+    #[inline]
+    pub fn code(&self) -> u8 {
+        bytes::u8_at(self.buf(), field::CODE)
+    }
+
+    pub fn checksum(&self) -> u16 {
+        bytes::u16_at(self.buf(), field::CHECKSUM.start)
+    }
+
+    /// Echo identifier.
+    pub fn ident(&self) -> u16 {
+        bytes::u16_at(self.buf(), field::IDENT.start)
+    }
+
+    /// Echo sequence number.
+    pub fn seq(&self) -> u16 {
+        bytes::u16_at(self.buf(), field::SEQ.start)
+    }
+
+    /// The body: echo data, or the leading bytes of the packet an error
+    /// message is about.
+    pub fn payload(&self) -> &[u8] {
+        let buf = self.buf();
+        bytes::slice(buf, HEADER_LEN..buf.len())
+    }
+
+    /// ICMPv4: the checksum covers the message alone.
+    pub fn verify_checksum_v4(&self) -> bool {
+        checksum::fold(checksum::sum(self.buf())) == 0xffff
+    }
+
+    /// ICMPv6: the checksum also covers the IPv6 pseudo-header.
+    pub fn verify_checksum_v6(&self, src: &[u8; 16], dst: &[u8; 16]) -> bool {
+        let len = u32::try_from(self.buf().len()).unwrap_or(u32::MAX);
+        let pseudo = checksum::pseudo_header_v6(src, dst, ip_proto::ICMPV6, len);
+        checksum::fold(pseudo + checksum::sum(self.buf())) == 0xffff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_echo_request_and_verifies_v4_checksum() {
+        let mut b = [8, 0, 0, 0, 0x12, 0x34, 0x00, 0x01, b'h', b'i'];
+        let sum = checksum::finish(checksum::sum(&b));
+        b[2..4].copy_from_slice(&sum.to_be_bytes());
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!((p.msg_type(), p.code()), (v4::ECHO_REQUEST, 0));
+        assert_eq!((p.ident(), p.seq()), (0x1234, 1));
+        assert_eq!(p.payload(), b"hi");
+        assert!(p.verify_checksum_v4());
+        b[9] = 0;
+        assert!(!Packet::new_checked(&b[..]).unwrap().verify_checksum_v4());
+    }
+
+    #[test]
+    fn verifies_v6_checksum_with_pseudo_header() {
+        let src = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let dst = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut b = [128, 0, 0, 0, 0, 7, 0, 1];
+        let sum = checksum::finish(
+            checksum::pseudo_header_v6(&src, &dst, ip_proto::ICMPV6, 8) + checksum::sum(&b),
+        );
+        b[2..4].copy_from_slice(&sum.to_be_bytes());
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert!(p.verify_checksum_v6(&src, &dst));
+        assert!(!p.verify_checksum_v6(&dst, &dst));
+    }
+
+    #[test]
+    fn rejects_short_header() {
+        assert_eq!(
+            Packet::new_checked(&[3u8, 4, 0, 0][..]).unwrap_err(),
+            Error::Truncated
+        );
+    }
+}
