@@ -1,0 +1,67 @@
+//! Control-side code: builds what the data path reads. May allocate, log
+//! and return typed errors; never runs on a worker thread.
+
+use crate::config::Config;
+use crate::dataplane::tables::{Error, Service, Tables};
+
+/// The table snapshot for a configuration: the default set (if any) and
+/// every VIP, each with one Maglev table per address family.
+pub fn tables(config: &Config, generation: u64) -> Result<Tables, Error> {
+    let build =
+        |vip, backends: &[_]| Service::build(vip, backends, &config.hash_key, config.table_size);
+    let default = config
+        .default_set
+        .as_deref()
+        .map(|backends| build(None, backends))
+        .transpose()?;
+    let vips = config
+        .vips
+        .iter()
+        .map(|vip| build(Some(vip.addr), &vip.backends))
+        .collect::<Result<Vec<_>, _>>()?;
+    Tables::new(generation, default, vips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn builds_default_set_and_vips_by_family() {
+        let c = config(&[
+            ("RR_DEVICE", "eth0"),
+            ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2;2001:db8::1"),
+            ("RR_VIPS", "192.0.2.10=10.2.0.1*3;2001:db8::10="),
+        ]);
+        let t = tables(&c, 7).unwrap();
+        assert_eq!(t.generation(), 7);
+        let default = t.default_service().unwrap();
+        assert_eq!(default.v4().backends().len(), 2);
+        assert_eq!(default.v6().backends().len(), 1);
+        assert_eq!(default.v4().size(), 65537);
+        let vip = t.service_v4([192, 0, 2, 10]).unwrap();
+        assert_eq!(vip.name(), "192.0.2.10");
+        assert_eq!(vip.v4().backends()[0].weight, 3);
+        let v6: std::net::Ipv6Addr = "2001:db8::10".parse().unwrap();
+        assert!(t.service_v6(v6.octets()).unwrap().v6().slots().is_empty());
+        assert_eq!(t.services().count(), 3);
+    }
+
+    #[test]
+    fn same_config_in_any_order_gives_identical_tables() {
+        let a = config(&[
+            ("RR_DEVICE", "eth0"),
+            ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2*2;10.1.0.3"),
+        ]);
+        let b = config(&[
+            ("RR_DEVICE", "eth1"),
+            ("RR_TARGET_IPS", "10.1.0.3;10.1.0.1;10.1.0.2*2"),
+        ]);
+        assert_eq!(tables(&a, 1).unwrap(), tables(&b, 1).unwrap());
+    }
+}

@@ -1,0 +1,535 @@
+//! One frame in, one verdict out.
+//!
+//! `process` is a pure function of a mutable frame and a read-only
+//! `Context`. It never allocates, locks, logs or makes a syscall; callers
+//! count its verdicts in `Counters`. Everything is decided before the frame
+//! is touched, so a frame that is not forwarded is left byte-identical.
+
+pub mod flow;
+pub mod neighbours;
+pub mod tables;
+
+use crate::wire::{self, ethernet, gre, ip_proto, ipv4, ipv6, tcp, udp};
+use core::net::IpAddr;
+pub use neighbours::Neighbours;
+pub use tables::{Service, Tables};
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place; send it back out of the same device.
+    Forward,
+    /// Not load-balanced traffic: hand it to the host stack unchanged.
+    ToHost,
+    /// Ours, but it cannot be forwarded.
+    Drop(DropReason),
+}
+
+/// Why a frame addressed to us was dropped. Each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// The outer IP header is a fragment; we do not reassemble.
+    OuterFragment,
+    /// Outer TTL or hop limit was 0 or 1.
+    TtlExpired,
+    /// GRE header shorter than its flags announce.
+    MalformedGre,
+    /// The encapsulated IP or transport header is invalid or truncated.
+    MalformedInner,
+    /// More IPv6 extension headers than we walk.
+    Ipv6ExtHeaders,
+    /// Inner destination is no VIP and there is no default set.
+    UnknownVip,
+    /// The service has no backend (of the outer family) with weight > 0.
+    NoBackend,
+    /// The backend's next hop has no neighbour entry yet.
+    NoNeighbour,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 8;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::OuterFragment,
+        DropReason::TtlExpired,
+        DropReason::MalformedGre,
+        DropReason::MalformedInner,
+        DropReason::Ipv6ExtHeaders,
+        DropReason::UnknownVip,
+        DropReason::NoBackend,
+        DropReason::NoNeighbour,
+    ];
+
+    /// Stable label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::OuterFragment => "outer_fragment",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::MalformedGre => "malformed_gre",
+            DropReason::MalformedInner => "malformed_inner",
+            DropReason::Ipv6ExtHeaders => "ipv6_ext_headers",
+            DropReason::UnknownVip => "unknown_vip",
+            DropReason::NoBackend => "no_backend",
+            DropReason::NoNeighbour => "no_neighbour",
+        }
+    }
+}
+
+/// A verdict, plus the backend chosen: set for `Forward`, and for
+/// `Drop(NoNeighbour)` so the caller can ask for the next hop to be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub backend: Option<IpAddr>,
+}
+
+impl Outcome {
+    const TO_HOST: Outcome = Outcome {
+        verdict: Verdict::ToHost,
+        backend: None,
+    };
+
+    const fn drop(reason: DropReason) -> Outcome {
+        Outcome {
+            verdict: Verdict::Drop(reason),
+            backend: None,
+        }
+    }
+}
+
+/// Per-worker counters. Plain integers: each worker owns its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx: u64,
+    pub forwarded: u64,
+    pub to_host: u64,
+    pub dropped: [u64; DropReason::COUNT],
+}
+
+impl Counters {
+    #[inline]
+    pub fn record(&mut self, verdict: Verdict) {
+        self.rx += 1;
+        match verdict {
+            Verdict::Forward => self.forwarded += 1,
+            Verdict::ToHost => self.to_host += 1,
+            Verdict::Drop(r) => self.dropped[r as usize] += 1,
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+}
+
+/// What the data path reads: who we are, the tables, the neighbours.
+pub struct Context<'a, N: Neighbours> {
+    pub mac: ethernet::Address,
+    /// This node's addresses: GRE to any of them is ours.
+    pub local_v4: &'a [[u8; 4]],
+    pub local_v6: &'a [[u8; 16]],
+    /// The 802.1Q VLAN GRE traffic arrives on; None for untagged.
+    pub vlan: Option<u16>,
+    pub hasher: &'a flow::Hasher,
+    pub tables: &'a Tables,
+    pub neighbours: &'a N,
+}
+
+/// The rewrite `process` decided on.
+enum Rewrite {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+struct Route {
+    l3: usize,
+    rewrite: Rewrite,
+    backend: IpAddr,
+    mac: ethernet::Address,
+}
+
+/// The inner destination, to find the service.
+enum InnerDst {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// Decides the fate of one frame and, for `Forward`, rewrites it in place.
+#[inline]
+pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome {
+    let route = match route(frame, ctx) {
+        Ok(route) => route,
+        Err(outcome) => return outcome,
+    };
+    if let Ok(mut eth) = ethernet::Frame::new_checked(&mut *frame) {
+        eth.set_src(ctx.mac);
+        eth.set_dst(route.mac);
+    }
+    let l3 = frame.get_mut(route.l3..).unwrap_or_default();
+    match route.rewrite {
+        Rewrite::V4 { src, dst } => {
+            if let Ok(mut ip) = ipv4::Packet::new_checked(l3) {
+                ip.rewrite(src, dst);
+            }
+        }
+        Rewrite::V6 { src, dst } => {
+            if let Ok(mut ip) = ipv6::Packet::new_checked(l3) {
+                let hop_limit = ip.hop_limit().wrapping_sub(1);
+                ip.set_src(src);
+                ip.set_dst(dst);
+                ip.set_hop_limit(hop_limit);
+            }
+        }
+    }
+    Outcome {
+        verdict: Verdict::Forward,
+        backend: Some(route.backend),
+    }
+}
+
+#[inline]
+fn route<N: Neighbours>(frame: &[u8], ctx: &Context<'_, N>) -> Result<Route, Outcome> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(|_| Outcome::TO_HOST)?;
+    // VID 0 is a priority tag only (802.1p): the frame is untagged.
+    if eth.vlan_id().filter(|&id| id != 0) != ctx.vlan {
+        return Err(Outcome::TO_HOST);
+    }
+    let l3 = eth.header_len();
+    match eth.ethertype() {
+        ethernet::ethertype::IPV4 => {
+            // A broken outer header is not provably ours: the host decides.
+            let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| Outcome::TO_HOST)?;
+            let local = ip.dst_bytes();
+            if ip.protocol() != ip_proto::GRE || !ctx.local_v4.contains(&local) {
+                return Err(Outcome::TO_HOST);
+            }
+            if ip.is_fragment() {
+                return Err(Outcome::drop(DropReason::OuterFragment));
+            }
+            let (hash, dst) = inner(ip.payload(), ip.ttl(), ctx.hasher)?;
+            let service = service(ctx.tables, dst)?;
+            let backend = service.v4().lookup(hash).map(|b| b.addr);
+            let Some(IpAddr::V4(addr)) = backend else {
+                return Err(Outcome::drop(DropReason::NoBackend));
+            };
+            let mac = next_hop(ctx, IpAddr::V4(addr))?;
+            Ok(Route {
+                l3,
+                rewrite: Rewrite::V4 {
+                    src: local,
+                    dst: addr.octets(),
+                },
+                backend: IpAddr::V4(addr),
+                mac,
+            })
+        }
+        ethernet::ethertype::IPV6 => {
+            let ip = ipv6::Packet::new_checked(eth.payload()).map_err(|_| Outcome::TO_HOST)?;
+            let local = ip.dst_bytes();
+            // GRE directly after the fixed header; outer extension headers
+            // are the host's business.
+            if ip.next_header() != ip_proto::GRE || !ctx.local_v6.contains(&local) {
+                return Err(Outcome::TO_HOST);
+            }
+            let (hash, dst) = inner(ip.payload(), ip.hop_limit(), ctx.hasher)?;
+            let service = service(ctx.tables, dst)?;
+            let backend = service.v6().lookup(hash).map(|b| b.addr);
+            let Some(IpAddr::V6(addr)) = backend else {
+                return Err(Outcome::drop(DropReason::NoBackend));
+            };
+            let mac = next_hop(ctx, IpAddr::V6(addr))?;
+            Ok(Route {
+                l3,
+                rewrite: Rewrite::V6 {
+                    src: local,
+                    dst: addr.octets(),
+                },
+                backend: IpAddr::V6(addr),
+                mac,
+            })
+        }
+        _ => Err(Outcome::TO_HOST),
+    }
+}
+
+#[inline]
+fn service(tables: &Tables, dst: InnerDst) -> Result<&Service, Outcome> {
+    match dst {
+        InnerDst::V4(a) => tables.service_v4(a),
+        InnerDst::V6(a) => tables.service_v6(a),
+    }
+    .ok_or(Outcome::drop(DropReason::UnknownVip))
+}
+
+#[inline]
+fn next_hop<N: Neighbours>(
+    ctx: &Context<'_, N>,
+    backend: IpAddr,
+) -> Result<ethernet::Address, Outcome> {
+    ctx.neighbours.lookup(backend).ok_or(Outcome {
+        verdict: Verdict::Drop(DropReason::NoNeighbour),
+        backend: Some(backend),
+    })
+}
+
+/// Parses GRE and the packet inside it; returns the flow hash and the inner
+/// destination.
+#[inline]
+fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, InnerDst), Outcome> {
+    let gre =
+        gre::Packet::new_checked(gre_bytes).map_err(|_| Outcome::drop(DropReason::MalformedGre))?;
+    if !gre.is_supported() {
+        return Err(Outcome::TO_HOST);
+    }
+    let protocol = gre.protocol();
+    if protocol != gre::protocol::IPV4 && protocol != gre::protocol::IPV6 {
+        return Err(Outcome::TO_HOST);
+    }
+    if ttl <= 1 {
+        return Err(Outcome::drop(DropReason::TtlExpired));
+    }
+    let malformed = |_| Outcome::drop(DropReason::MalformedInner);
+    if protocol == gre::protocol::IPV4 {
+        let ip = ipv4::Packet::new_checked(gre.payload()).map_err(malformed)?;
+        let ports = if ip.is_fragment() {
+            0
+        } else {
+            ports(ip.protocol(), ip.payload())?
+        };
+        let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
+        Ok((hasher.v4(src, dst, ip.protocol(), ports), InnerDst::V4(dst)))
+    } else {
+        let ip = ipv6::Packet::new_checked(gre.payload()).map_err(malformed)?;
+        let upper = ip.upper_layer().map_err(|e| match e {
+            wire::Error::Unsupported => Outcome::drop(DropReason::Ipv6ExtHeaders),
+            _ => Outcome::drop(DropReason::MalformedInner),
+        })?;
+        let ports = if upper.fragment {
+            0
+        } else {
+            let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
+            ports(upper.protocol, l4)?
+        };
+        let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
+        Ok((
+            hasher.v6(src, dst, upper.protocol, ports),
+            InnerDst::V6(dst),
+        ))
+    }
+}
+
+/// `src_port << 16 | dst_port` for TCP and UDP; 0 (the 3-tuple) otherwise.
+#[inline]
+fn ports(protocol: u8, l4: &[u8]) -> Result<u32, Outcome> {
+    let malformed = |_| Outcome::drop(DropReason::MalformedInner);
+    match protocol {
+        ip_proto::TCP => {
+            let t = tcp::Packet::new_checked(l4).map_err(malformed)?;
+            Ok(u32::from(t.src_port()) << 16 | u32::from(t.dst_port()))
+        }
+        ip_proto::UDP => {
+            let u = udp::Packet::new_checked(l4).map_err(malformed)?;
+            Ok(u32::from(u.src_port()) << 16 | u32::from(u.dst_port()))
+        }
+        _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maglev::Backend;
+    use crate::wire::gre;
+    use core::net::Ipv4Addr;
+    use proptest::prelude::*;
+
+    const NODE: [u8; 4] = [172, 16, 0, 1];
+    const MAC: ethernet::Address = ethernet::Address([2, 0, 0, 0, 0, 1]);
+    const BACKEND_MAC: ethernet::Address = ethernet::Address([2, 0, 0, 0, 0, 2]);
+
+    struct World {
+        hasher: flow::Hasher,
+        tables: Tables,
+        neighbours: neighbours::Static,
+    }
+
+    fn world(backends: &[&str]) -> World {
+        let key = [1; 16];
+        let set: Vec<Backend> = backends
+            .iter()
+            .map(|a| Backend {
+                addr: a.parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        let entries = set.iter().map(|b| (b.addr, BACKEND_MAC)).collect();
+        World {
+            hasher: flow::Hasher::new(&key),
+            tables: Tables::new(
+                1,
+                Some(Service::build(None, &set, &key, 251).unwrap()),
+                Vec::new(),
+            )
+            .unwrap(),
+            neighbours: neighbours::Static::new(entries, None),
+        }
+    }
+
+    fn ctx(w: &World) -> Context<'_, neighbours::Static> {
+        Context {
+            mac: MAC,
+            local_v4: &[NODE],
+            local_v6: &[],
+            vlan: None,
+            hasher: &w.hasher,
+            tables: &w.tables,
+            neighbours: &w.neighbours,
+        }
+    }
+
+    /// GRE to NODE carrying an inner IPv4/UDP datagram 10.0.0.9:1234 -> 192.0.2.1:53.
+    fn gre_frame(ttl: u8) -> Vec<u8> {
+        let mut inner = vec![0u8; 28];
+        ipv4::Repr {
+            src: Ipv4Addr::new(10, 0, 0, 9),
+            dst: Ipv4Addr::new(192, 0, 2, 1),
+            protocol: ip_proto::UDP,
+            payload_len: 8,
+            ttl: 64,
+        }
+        .emit(&mut inner)
+        .unwrap();
+        inner[20..28].copy_from_slice(&[0x04, 0xd2, 0, 53, 0, 8, 0, 0]);
+        let g = gre::Repr {
+            protocol: gre::protocol::IPV4,
+            checksum: false,
+            key: Some(9),
+            sequence: None,
+        };
+        let mut f = vec![0u8; 14 + 20 + g.header_len()];
+        ethernet::Repr {
+            dst: MAC,
+            src: BACKEND_MAC,
+            vlan: None,
+            ethertype: ethernet::ethertype::IPV4,
+        }
+        .emit(&mut f)
+        .unwrap();
+        ipv4::Repr {
+            src: Ipv4Addr::new(198, 51, 100, 1),
+            dst: Ipv4Addr::from(NODE),
+            protocol: ip_proto::GRE,
+            payload_len: g.header_len() + inner.len(),
+            ttl,
+        }
+        .emit(&mut f[14..])
+        .unwrap();
+        g.emit(&mut f[34..]).unwrap();
+        f.extend_from_slice(&inner);
+        f
+    }
+
+    #[test]
+    fn forwards_gre_to_backend_rewriting_outer_headers_only() {
+        let w = world(&["10.1.0.1"]);
+        let input = gre_frame(64);
+        let mut f = input.clone();
+        let out = process(&mut f, &ctx(&w));
+        assert_eq!(
+            out,
+            Outcome {
+                verdict: Verdict::Forward,
+                backend: Some("10.1.0.1".parse().unwrap())
+            }
+        );
+        let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
+        assert_eq!((eth.src(), eth.dst()), (MAC, BACKEND_MAC));
+        let ip = ipv4::Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(ip.src_bytes(), NODE);
+        assert_eq!(ip.dst(), Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(ip.ttl(), 63);
+        assert!(ip.verify_checksum());
+        assert_eq!(f[34..], input[34..]);
+    }
+
+    #[test]
+    fn ttl_one_is_dropped_and_frame_left_alone() {
+        let w = world(&["10.1.0.1"]);
+        let input = gre_frame(1);
+        let mut f = input.clone();
+        assert_eq!(
+            process(&mut f, &ctx(&w)).verdict,
+            Verdict::Drop(DropReason::TtlExpired)
+        );
+        assert_eq!(f, input);
+    }
+
+    #[test]
+    fn missing_neighbour_names_the_backend_to_resolve() {
+        let mut w = world(&["10.1.0.1"]);
+        w.neighbours = neighbours::Static::new(Vec::new(), None);
+        let mut f = gre_frame(64);
+        assert_eq!(
+            process(&mut f, &ctx(&w)),
+            Outcome {
+                verdict: Verdict::Drop(DropReason::NoNeighbour),
+                backend: Some("10.1.0.1".parse().unwrap())
+            }
+        );
+    }
+
+    #[test]
+    fn counters_count_each_verdict_and_reason() {
+        let mut c = Counters::default();
+        c.record(Verdict::Forward);
+        c.record(Verdict::ToHost);
+        c.record(Verdict::Drop(DropReason::NoBackend));
+        c.record(Verdict::Drop(DropReason::NoBackend));
+        c.record(Verdict::Drop(DropReason::NoNeighbour));
+        assert_eq!((c.rx, c.forwarded, c.to_host), (5, 1, 1));
+        assert_eq!(c.dropped(DropReason::NoBackend), 2);
+        assert_eq!(c.dropped(DropReason::NoNeighbour), 1);
+        assert_eq!(c.dropped(DropReason::TtlExpired), 0);
+    }
+
+    #[test]
+    fn drop_reasons_are_listed_once_in_index_order_with_unique_names() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    proptest! {
+        /// Corrupt any bytes of a valid frame: no panic, an unforwarded
+        /// frame is untouched, a forwarded one keeps GRE and inner bytes and
+        /// gets a correct outer checksum.
+        #[test]
+        fn mutated_frames_never_panic_and_only_forwards_change_bytes(
+            edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in 0usize..100,
+        ) {
+            let w = world(&["10.1.0.1", "10.1.0.2"]);
+            let mut input = gre_frame(64);
+            for (at, v) in edits {
+                if let Some(b) = input.get_mut(at) {
+                    *b = v;
+                }
+            }
+            input.truncate(cut.max(1));
+            let mut f = input.clone();
+            let out = process(&mut f, &ctx(&w));
+            if out.verdict == Verdict::Forward {
+                prop_assert_eq!(&f[34..], &input[34..]);
+                let ip = ipv4::Packet::new_checked(&f[14..]).unwrap();
+                let was_valid = ipv4::Packet::new_checked(&input[14..]).unwrap().verify_checksum();
+                prop_assert_eq!(ip.verify_checksum(), was_valid);
+            } else {
+                prop_assert_eq!(f, input);
+            }
+        }
+    }
+}

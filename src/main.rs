@@ -1,0 +1,128 @@
+//! The `rusty_rail` binary: reads the `RR_*` environment, checks the
+//! device, builds every Maglev table and (in a later change) forwards.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use rusty_rail::config::{self, Config};
+use rusty_rail::{control, io, maglev};
+
+const USAGE: &str = "\
+rusty_rail: a Maglev-style L4 load balancer
+
+Usage: rusty_rail [--help | --version]
+
+Options:
+  -h, --help     print this help and exit
+  -V, --version  print the version and exit
+";
+
+/// How `run` ends when it does not forward: the process exit code and,
+/// for configuration mistakes, the one line to print.
+enum Failure {
+    /// A configuration mistake: printed as `rusty_rail: <line>`, exit 2.
+    Config(String),
+    /// Everything checked out but this build cannot forward: exit 1
+    /// (the reason has been logged).
+    NotImplemented,
+}
+
+fn main() -> ExitCode {
+    match command_line() {
+        Ok(Some(text)) => {
+            // A closed stdout (e.g. `| head -0`) is no reason to panic.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Ok(None) => {}
+        Err(line) => {
+            eprintln!("rusty_rail: {line}");
+            return ExitCode::from(2);
+        }
+    }
+    init_logging();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(line)) => {
+            eprintln!("rusty_rail: {line}");
+            ExitCode::from(2)
+        }
+        Err(Failure::NotImplemented) => ExitCode::from(1),
+    }
+}
+
+/// `Ok(Some(text))` for `--help`/`--version` (print it, exit 0),
+/// `Ok(None)` to go on, `Err(line)` for an unknown argument.
+fn command_line() -> Result<Option<String>, String> {
+    if let Some(arg) = std::env::args_os().nth(1) {
+        let arg = arg.to_string_lossy();
+        return match arg.as_ref() {
+            "-h" | "--help" => Ok(Some(format!("{USAGE}\n{}", config::HELP))),
+            "-V" | "--version" => Ok(Some(format!("rusty_rail {}\n", env!("CARGO_PKG_VERSION")))),
+            other => Err(format!("unknown argument {other:?} (try --help)")),
+        };
+    }
+    Ok(None)
+}
+
+/// Plain `LEVEL message` lines on stderr; `info` unless `RUST_LOG` says
+/// otherwise.
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .format(|buf, record| writeln!(buf, "{:<5} {}", record.level(), record.args()))
+        .init();
+}
+
+fn run() -> Result<(), Failure> {
+    let config = Config::from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
+    if io::device_index(&config.device).is_none() {
+        return Err(Failure::Config(format!(
+            "RR_DEVICE={:?}: no such network device",
+            config.device
+        )));
+    }
+
+    let tables = control::tables(&config, 1)
+        .map_err(|e| Failure::Config(format!("cannot build the Maglev tables: {e}")))?;
+    for service in tables.services() {
+        let name = service.name();
+        let families = [("IPv4", service.v4()), ("IPv6", service.v6())];
+        for (family, table) in families.iter().filter(|(_, t)| !t.backends().is_empty()) {
+            log::info!("backend set {name} ({family}): {}", describe(table));
+        }
+        if families.iter().all(|(_, t)| t.backends().is_empty()) {
+            log::info!("backend set {name}: no backends, its traffic is dropped");
+        }
+    }
+
+    log::error!(
+        "packet I/O is not implemented in this build yet; configuration and tables are valid"
+    );
+    Err(Failure::NotImplemented)
+}
+
+/// e.g. `2 backends in 65537 slots: 10.1.0.1 (weight 1) 32768 slots, ...`.
+fn describe(table: &maglev::Table) -> String {
+    let backends = table.backends();
+    let plural = if backends.len() == 1 { "" } else { "s" };
+    let mut line = format!(
+        "{} backend{plural} in {} slots",
+        backends.len(),
+        table.size()
+    );
+    for (i, (backend, slots)) in backends.iter().zip(table.slot_counts()).enumerate() {
+        let sep = if i == 0 { ": " } else { ", " };
+        // Writing to a String cannot fail.
+        let _ = write!(
+            line,
+            "{sep}{} (weight {}) {slots} slots",
+            backend.addr, backend.weight
+        );
+    }
+    line
+}
