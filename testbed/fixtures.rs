@@ -1,0 +1,997 @@
+//! Packet fixtures for `dataplane::process`, in Katran's style: one table
+//! of named cases, each an input frame, the expected `Outcome` and the
+//! expected output frame (the oracle's rewrite for `Forward`, the input
+//! itself otherwise: `process` must not touch what it does not forward).
+//!
+//! Frames are built with etherparse and pnet_packet only (see
+//! `fixtures/build.rs`); no `rusty_rail::wire` encoder is used. Byte-exact
+//! `Forward` cases go to services with exactly one backend of the outer
+//! family, so the oracle needs no hash. Multi-backend behaviour, fragments
+//! across several backends and truncation sweeps have their own tests in
+//! `fixtures/multi.rs` and `fixtures/sweeps.rs`.
+
+#[path = "fixtures/build.rs"]
+mod build;
+#[path = "fixtures/env.rs"]
+mod env;
+#[path = "fixtures/multi.rs"]
+mod multi;
+#[path = "fixtures/sweeps.rs"]
+mod sweeps;
+
+use build::*;
+use env::*;
+use etherparse::{EtherType, Ethernet2Header, IpFragOffset, Ipv4Header, Ipv4HeaderSlice};
+use rusty_rail::dataplane::{Counters, DropReason, Outcome, Verdict, process};
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::rc::Rc;
+
+/// One fixture.
+pub struct Case {
+    pub description: &'static str,
+    pub env: Rc<Env>,
+    pub input: Vec<u8>,
+    pub expected: Outcome,
+    /// The frame after `process`: the oracle's frame for `Forward`, the
+    /// input for everything else.
+    pub output: Vec<u8>,
+    /// Where the GRE packet (header + inner, no padding) sits, when the
+    /// input is GRE; used for the "GRE untouched, checksum valid" checks.
+    pub gre: Option<Range<usize>>,
+}
+
+fn gre_range(frame: &Frame) -> Range<usize> {
+    let start = frame.payload_offset();
+    start..start + frame.payload.len()
+}
+
+impl Case {
+    /// Forwarded to `backend` via the oracle's next hop for it.
+    fn forward(
+        description: &'static str,
+        env: &Rc<Env>,
+        frame: &Frame,
+        backend: impl Into<IpAddr>,
+    ) -> Case {
+        let backend = backend.into();
+        let next_hop = env
+            .next_hop(backend)
+            .unwrap_or_else(|| panic!("fixture bug in {description:?}: no next hop for {backend}"));
+        Case {
+            description,
+            env: Rc::clone(env),
+            input: frame.bytes(),
+            expected: Outcome {
+                verdict: Verdict::Forward,
+                backend: Some(backend),
+            },
+            output: frame.forwarded(NODE_MAC, next_hop, backend),
+            gre: Some(gre_range(frame)),
+        }
+    }
+
+    /// Not forwarded (no backend reported): the frame must come back as is.
+    fn unchanged(
+        description: &'static str,
+        env: &Rc<Env>,
+        input: Vec<u8>,
+        verdict: Verdict,
+    ) -> Case {
+        assert_ne!(verdict, Verdict::Forward, "fixture bug in {description:?}");
+        Case {
+            description,
+            env: Rc::clone(env),
+            output: input.clone(),
+            input,
+            expected: Outcome {
+                verdict,
+                backend: None,
+            },
+            gre: None,
+        }
+    }
+
+    fn frame(description: &'static str, env: &Rc<Env>, frame: &Frame, verdict: Verdict) -> Case {
+        Case {
+            gre: Some(gre_range(frame)),
+            ..Case::unchanged(description, env, frame.bytes(), verdict)
+        }
+    }
+
+    fn to_host(description: &'static str, env: &Rc<Env>, frame: &Frame) -> Case {
+        Case::frame(description, env, frame, Verdict::ToHost)
+    }
+
+    fn drop(description: &'static str, env: &Rc<Env>, frame: &Frame, reason: DropReason) -> Case {
+        Case::frame(description, env, frame, Verdict::Drop(reason))
+    }
+}
+
+/// GRE of the family matching the inner packet's version nibble.
+fn gre_for(inner: &[u8]) -> Gre {
+    if inner[0] >> 4 == 6 {
+        Gre::ipv6()
+    } else {
+        Gre::ipv4()
+    }
+}
+
+/// IPv4 outer GRE to the node, TTL 64.
+fn g4(inner: Vec<u8>) -> Frame {
+    g4_with(gre_for(&inner), inner)
+}
+
+fn g4_with(gre: Gre, inner: Vec<u8>) -> Frame {
+    Frame::gre4(NODE_V4, NODE_MAC, gre.encap(&inner))
+}
+
+/// IPv6 outer GRE to the node, hop limit 64.
+fn g6(inner: Vec<u8>) -> Frame {
+    Frame::gre6(NODE_V6, NODE_MAC, gre_for(&inner).encap(&inner))
+}
+
+fn t4() -> Vec<u8> {
+    tcp4(CLIENT_V4, VIP_A4, 40000, 443)
+}
+
+fn t4_to(vip: std::net::Ipv4Addr) -> Vec<u8> {
+    tcp4(CLIENT_V4, vip, 40000, 443)
+}
+
+fn t6() -> Vec<u8> {
+    tcp6(CLIENT_V6, VIP_A6, 40000, 443)
+}
+
+pub struct Envs {
+    pub standard: Rc<Env>,
+    pub no_default: Rc<Env>,
+    pub gateway_only: Rc<Env>,
+    pub vlan100: Rc<Env>,
+    pub two_addrs: Rc<Env>,
+}
+
+fn envs() -> Envs {
+    let standard = Spec::standard();
+    Envs {
+        standard: Rc::new(standard.build()),
+        no_default: Rc::new(
+            Spec {
+                name: "no default set",
+                default: None,
+                ..standard.clone()
+            }
+            .build(),
+        ),
+        gateway_only: Rc::new(
+            Spec {
+                name: "gateway only",
+                entries: Vec::new(),
+                gateway: Some(GATEWAY_MAC),
+                ..standard.clone()
+            }
+            .build(),
+        ),
+        vlan100: Rc::new(
+            Spec {
+                name: "vlan 100",
+                vlan: Some(100),
+                ..standard.clone()
+            }
+            .build(),
+        ),
+        two_addrs: Rc::new(
+            Spec {
+                name: "two local addresses",
+                local_v4: vec![NODE_V4, NODE_V4_B],
+                local_v6: vec![NODE_V6, NODE_V6_B],
+                ..standard
+            }
+            .build(),
+        ),
+    }
+}
+
+/// The fixture table.
+pub fn cases() -> Vec<Case> {
+    use DropReason::*;
+    let e = envs();
+    let std = &e.standard;
+    let mut c = vec![
+        // --- Inner protocols over IPv4-outer GRE: byte-exact forwards. -------
+        Case::forward("GRE/IPv4 carrying IPv4 TCP", std, &g4(t4()), BE_A4_V4),
+        Case::forward(
+            "GRE/IPv4 carrying IPv4 UDP",
+            std,
+            &g4(udp4(CLIENT_V4, VIP_A4, 40001, 53)),
+            BE_A4_V4,
+        ),
+        Case::forward(
+            "GRE/IPv4 carrying IPv4 ICMP echo",
+            std,
+            &g4(icmp4_echo(CLIENT_V4, VIP_A4)),
+            BE_A4_V4,
+        ),
+        Case::forward("GRE/IPv4 carrying IPv6 TCP", std, &g4(t6()), BE_A6_V4),
+        Case::forward(
+            "GRE/IPv4 carrying IPv6 UDP",
+            std,
+            &g4(udp6(CLIENT_V6, VIP_A6, 40001, 53)),
+            BE_A6_V4,
+        ),
+        Case::forward(
+            "GRE/IPv4 carrying ICMPv6 echo",
+            std,
+            &g4(icmp6_echo(CLIENT_V6, VIP_A6)),
+            BE_A6_V4,
+        ),
+    ];
+
+    // --- IPv6 outer. -----------------------------------------------------
+    c.push(Case::forward(
+        "GRE/IPv6 carrying IPv4 TCP",
+        std,
+        &g6(t4()),
+        BE_A4_V6,
+    ));
+    c.push(Case::forward(
+        "GRE/IPv6 carrying IPv6 UDP",
+        std,
+        &g6(udp6(CLIENT_V6, VIP_A6, 40001, 53)),
+        BE_A6_V6,
+    ));
+    c.push(Case::forward(
+        "GRE/IPv6 hop limit 2 is forwarded with hop limit 1",
+        std,
+        &g6(t4()).ttl(2),
+        BE_A4_V6,
+    ));
+    c.push(Case::drop(
+        "GRE/IPv6 hop limit 1",
+        std,
+        &g6(t4()).ttl(1),
+        TtlExpired,
+    ));
+    c.push(Case::drop(
+        "GRE/IPv6 hop limit 0",
+        std,
+        &g6(t4()).ttl(0),
+        TtlExpired,
+    ));
+    c.push(Case::to_host(
+        "GRE/IPv6 to another host",
+        std,
+        &Frame::gre6(NODE_V6_B, NODE_MAC, Gre::ipv4().encap(&t4())),
+    ));
+    {
+        // A Destination Options header between IPv6 and GRE: outer
+        // extension headers are the host's business.
+        let mut f = g6(t4());
+        let mut payload =
+            etherparse::Ipv6RawExtHeader::new_raw(etherparse::IpNumber::GRE, &[1, 4, 0, 0, 0, 0])
+                .unwrap()
+                .to_bytes()
+                .to_vec();
+        payload.extend_from_slice(&f.payload);
+        f.payload = payload;
+        f.v6().next_header = etherparse::IpNumber::IPV6_DESTINATION_OPTIONS;
+        c.push(Case::to_host(
+            "GRE/IPv6 behind an outer Destination Options header",
+            std,
+            &f,
+        ));
+    }
+
+    // --- Inner fragments (single-backend service; see multi.rs for the
+    // same-backend check across several backends). ------------------------
+    let (first, rest) = tcp4_fragments(CLIENT_V4, VIP_A4, 40000, 443, 0x7777);
+    c.push(Case::forward(
+        "inner IPv4 first fragment (MF, carries ports)",
+        std,
+        &g4(first),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "inner IPv4 non-first fragment (offset 32, no ports)",
+        std,
+        &g4(rest),
+        BE_A4_V4,
+    ));
+    let (first, rest) = tcp6_fragments(CLIENT_V6, VIP_A6, 40000, 443, 0x7777_7777);
+    c.push(Case::forward(
+        "inner IPv6 first fragment (Fragment header, M set)",
+        std,
+        &g4(first),
+        BE_A6_V4,
+    ));
+    c.push(Case::forward(
+        "inner IPv6 non-first fragment (offset 32)",
+        std,
+        &g4(rest),
+        BE_A6_V4,
+    ));
+    let (first, rest) = tcp6_fragments_dest_opts(CLIENT_V6, VIP_A6, 40000, 443, 0x7777_7778);
+    c.push(Case::forward(
+        "inner IPv6 first fragment, Destination Options after the Fragment header",
+        std,
+        &g4(first),
+        BE_A6_V4,
+    ));
+    c.push(Case::forward(
+        "inner IPv6 non-first fragment whose Fragment header announces Destination Options",
+        std,
+        &g4(rest),
+        BE_A6_V4,
+    ));
+
+    // --- Inner IPv6 extension headers. -----------------------------------
+    c.push(Case::forward(
+        "inner IPv6 with hop-by-hop and destination options",
+        std,
+        &g4(tcp6_with_ext_headers(CLIENT_V6, VIP_A6, 40000, 443)),
+        BE_A6_V4,
+    ));
+    c.push(Case::forward(
+        "inner IPv6 with 8 destination options headers (the walk limit)",
+        std,
+        &g4(tcp6_with_n_dest_opts(CLIENT_V6, VIP_A6, 8)),
+        BE_A6_V4,
+    ));
+    c.push(Case::drop(
+        "inner IPv6 with 9 destination options headers",
+        std,
+        &g4(tcp6_with_n_dest_opts(CLIENT_V6, VIP_A6, 9)),
+        Ipv6ExtHeaders,
+    ));
+
+    // --- GRE options. ----------------------------------------------------
+    c.push(Case::forward(
+        "GRE with key",
+        std,
+        &g4_with(Gre::ipv4().with_key(0xdead_beef), t4()),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE with sequence",
+        std,
+        &g4_with(Gre::ipv4().with_sequence(42), t4()),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE with checksum",
+        std,
+        &g4_with(Gre::ipv4().with_checksum(), t4()),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE with key, sequence and checksum",
+        std,
+        &g4_with(
+            Gre::ipv4()
+                .with_checksum()
+                .with_key(7)
+                .with_sequence(0xffff_fffe),
+            t4(),
+        ),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE with checksum carrying IPv6 (odd-length inner)",
+        std,
+        &g4_with(
+            Gre::ipv6().with_checksum(),
+            udp6_with(CLIENT_V6, VIP_A6, 1, 2, b"odd"),
+        ),
+        BE_A6_V4,
+    ));
+    c.push(Case::forward(
+        "GRE with reserved bits 6-12 set (ignored on receipt)",
+        std,
+        &g4_with(
+            Gre {
+                recursion: 0b011,
+                reserved: 0x1f,
+                ..Gre::ipv4()
+            },
+            t4(),
+        ),
+        BE_A4_V4,
+    ));
+    c.push(Case::to_host(
+        "GRE with the routing bit set",
+        std,
+        &g4_with(
+            Gre {
+                routing: true,
+                ..Gre::ipv4()
+            },
+            t4(),
+        ),
+    ));
+    c.push(Case::to_host(
+        "GRE version 1",
+        std,
+        &g4_with(
+            Gre {
+                version: 1,
+                ..Gre::ipv4()
+            },
+            t4(),
+        ),
+    ));
+    c.push(Case::to_host(
+        "GRE with the strict source route bit set",
+        std,
+        &g4_with(
+            Gre {
+                strict_source_route: true,
+                ..Gre::ipv4()
+            },
+            t4(),
+        ),
+    ));
+    c.push(Case::to_host(
+        "GRE with recursion control 4 (RFC 2784 bit 5)",
+        std,
+        &g4_with(
+            Gre {
+                recursion: 4,
+                ..Gre::ipv4()
+            },
+            t4(),
+        ),
+    ));
+    c.push(Case::to_host(
+        "GRE addressed to another host",
+        std,
+        &Frame::gre4(OTHER_V4, NODE_MAC, Gre::ipv4().encap(&t4())),
+    ));
+    c.push(Case::to_host(
+        "GRE carrying transparent Ethernet (0x6558)",
+        std,
+        &g4_with(Gre::new(0x6558), bridged_ethernet()),
+    ));
+    {
+        // K flag set but the packet ends after the base header.
+        let mut gre = Gre::ipv4().with_key(1).encap(&[]);
+        gre.truncate(6);
+        c.push(Case::drop(
+            "GRE header shorter than its flags announce",
+            std,
+            &Frame::gre4(NODE_V4, NODE_MAC, gre),
+            MalformedGre,
+        ));
+    }
+
+    // --- Not GRE. --------------------------------------------------------
+    c.push(Case::unchanged(
+        "TCP to the node",
+        std,
+        plain_tcp4(NODE_V4, NODE_MAC),
+        Verdict::ToHost,
+    ));
+    c.push(Case::unchanged(
+        "UDP to the node",
+        std,
+        plain_udp4(NODE_V4, NODE_MAC),
+        Verdict::ToHost,
+    ));
+    c.push(Case::unchanged(
+        "ICMP ping to the node",
+        std,
+        plain_ping4(NODE_V4, NODE_MAC),
+        Verdict::ToHost,
+    ));
+    c.push(Case::unchanged(
+        "ICMPv6 ping to the node",
+        std,
+        plain_ping6(NODE_V6, NODE_MAC),
+        Verdict::ToHost,
+    ));
+    c.push(Case::unchanged(
+        "ARP request for the node",
+        std,
+        arp_request(NODE_V4),
+        Verdict::ToHost,
+    ));
+    {
+        let mut lldp = Ethernet2Header {
+            source: ROUTER_MAC,
+            destination: [0x01, 0x80, 0xc2, 0, 0, 0x0e],
+            ether_type: EtherType(0x88cc),
+        }
+        .to_bytes()
+        .to_vec();
+        lldp.extend_from_slice(&[0u8; 46]);
+        c.push(Case::unchanged(
+            "LLDP (unknown ethertype)",
+            std,
+            lldp,
+            Verdict::ToHost,
+        ));
+    }
+
+    // --- VLAN. -----------------------------------------------------------
+    c.push(Case::to_host(
+        "tagged GRE (VID 100) on an untagged node",
+        std,
+        &g4(t4()).tagged(100, 0),
+    ));
+    c.push(Case::forward(
+        "tagged GRE (VID 100, PCP 5) on VLAN 100 keeps its tag",
+        &e.vlan100,
+        &g4(t4()).tagged(100, 5),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "tagged GRE/IPv6 (VID 100) on VLAN 100",
+        &e.vlan100,
+        &g6(t6()).tagged(100, 0),
+        BE_A6_V6,
+    ));
+    c.push(Case::forward(
+        "priority-tagged GRE (VID 0, PCP 5) on an untagged node keeps its tag",
+        std,
+        &g4(t4()).tagged(0, 5),
+        BE_A4_V4,
+    ));
+    c.push(Case::to_host(
+        "untagged GRE on VLAN 100",
+        &e.vlan100,
+        &g4(t4()),
+    ));
+    c.push(Case::to_host(
+        "tagged GRE (VID 200) on VLAN 100",
+        &e.vlan100,
+        &g4(t4()).tagged(200, 0),
+    ));
+
+    // --- Malformed headers. ----------------------------------------------
+    {
+        let f = g4(t4());
+        let mut bytes = f.bytes();
+        bytes[f.l3_offset()] = 0x44; // IHL 4, nothing recomputed
+        c.push(Case::unchanged(
+            "outer IPv4 IHL 4",
+            std,
+            bytes,
+            Verdict::ToHost,
+        ));
+    }
+    {
+        let f = g4(t4());
+        let mut bytes = f.bytes();
+        let at = f.l3_offset() + 2;
+        bytes[at..at + 2].copy_from_slice(&19u16.to_be_bytes()); // total length < IHL
+        c.push(Case::unchanged(
+            "outer IPv4 total length below its header",
+            std,
+            bytes,
+            Verdict::ToHost,
+        ));
+    }
+    {
+        let mut inner = t4();
+        inner[0] = 0x44; // IHL 4
+        c.push(Case::drop(
+            "inner IPv4 IHL 4",
+            std,
+            &g4(inner),
+            MalformedInner,
+        ));
+    }
+    c.push(Case::drop(
+        "inner IPv6 packet in GRE protocol 0x0800",
+        std,
+        &g4_with(Gre::ipv4(), t6()),
+        MalformedInner,
+    ));
+    {
+        // Inner IPv4 consistent, but only 12 bytes of TCP header.
+        let tcp = tcp_segment(CLIENT_V4.into(), VIP_A4.into(), 40000, 443, &[], &[]);
+        let h = Ipv4Header::new(
+            0,
+            64,
+            etherparse::IpNumber::TCP,
+            CLIENT_V4.octets(),
+            VIP_A4.octets(),
+        )
+        .unwrap();
+        c.push(Case::drop(
+            "inner TCP header truncated",
+            std,
+            &g4(ipv4_packet(h, &tcp[..12])),
+            MalformedInner,
+        ));
+    }
+
+    // --- TTL. ------------------------------------------------------------
+    c.push(Case::drop("outer TTL 1", std, &g4(t4()).ttl(1), TtlExpired));
+    c.push(Case::drop("outer TTL 0", std, &g4(t4()).ttl(0), TtlExpired));
+    c.push(Case::forward(
+        "outer TTL 2 is forwarded with TTL 1",
+        std,
+        &g4(t4()).ttl(2),
+        BE_A4_V4,
+    ));
+
+    // --- Outer fragments. ------------------------------------------------
+    {
+        let mut f = g4(t4());
+        f.v4().dont_fragment = false;
+        f.v4().more_fragments = true;
+        c.push(Case::drop(
+            "outer IPv4 first fragment (MF)",
+            std,
+            &f,
+            OuterFragment,
+        ));
+        let mut f = g4(t4());
+        f.v4().dont_fragment = false;
+        f.v4().fragment_offset = IpFragOffset::try_new(185).unwrap();
+        c.push(Case::drop(
+            "outer IPv4 last fragment (offset 1480)",
+            std,
+            &f,
+            OuterFragment,
+        ));
+    }
+
+    // --- Service selection. ----------------------------------------------
+    c.push(Case::forward(
+        "known VIP wins over the default set",
+        std,
+        &g4(udp4(CLIENT_V4, VIP_A4, 5000, 5001)),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "unknown IPv4 VIP goes to the default set",
+        std,
+        &g4(t4_to(VIP_UNKNOWN4)),
+        BE_DEFAULT_V4,
+    ));
+    c.push(Case::forward(
+        "unknown IPv6 VIP goes to the default set (IPv6 outer)",
+        std,
+        &g6(tcp6(CLIENT_V6, VIP_UNKNOWN6, 1, 2)),
+        BE_DEFAULT_V6,
+    ));
+    c.push(Case::drop(
+        "unknown IPv4 VIP without a default set",
+        &e.no_default,
+        &g4(t4_to(VIP_UNKNOWN4)),
+        UnknownVip,
+    ));
+    c.push(Case::drop(
+        "unknown IPv6 VIP without a default set",
+        &e.no_default,
+        &g4(tcp6(CLIENT_V6, VIP_UNKNOWN6, 1, 2)),
+        UnknownVip,
+    ));
+    c.push(Case::forward(
+        "known VIP without a default set",
+        &e.no_default,
+        &g4(t4()),
+        BE_A4_V4,
+    ));
+
+    // --- Backends. -------------------------------------------------------
+    c.push(Case::drop(
+        "VIP with no backends",
+        std,
+        &g4(t4_to(VIP_EMPTY)),
+        NoBackend,
+    ));
+    c.push(Case::drop(
+        "VIP whose backends all have weight 0",
+        std,
+        &g4(t4_to(VIP_DRAINED)),
+        NoBackend,
+    ));
+    c.push(Case::drop(
+        "IPv4 outer to a VIP with only IPv6 backends",
+        std,
+        &g4(t4_to(VIP_V6_ONLY)),
+        NoBackend,
+    ));
+    c.push(Case::drop(
+        "IPv6 outer to a VIP with only IPv4 backends",
+        std,
+        &g6(tcp6(CLIENT_V6, VIP6_V4_ONLY, 1, 2)),
+        NoBackend,
+    ));
+
+    // --- Neighbours. -----------------------------------------------------
+    {
+        let f = g4(t4_to(VIP_UNRESOLVED));
+        c.push(Case {
+            expected: Outcome {
+                verdict: Verdict::Drop(NoNeighbour),
+                backend: Some(BE_UNRESOLVED.into()),
+            },
+            ..Case::drop(
+                "backend with no neighbour entry and no gateway",
+                std,
+                &f,
+                NoNeighbour,
+            )
+        });
+    }
+    c.push(Case::forward(
+        "no on-link entry: via the gateway",
+        &e.gateway_only,
+        &g4(t4()),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "no on-link entry: IPv6 outer via the gateway",
+        &e.gateway_only,
+        &g6(t6()),
+        BE_A6_V6,
+    ));
+
+    // --- Outer header details the rewrite must preserve. ------------------
+    {
+        let mut f = g4(t4());
+        f.v4().options = [0x01, 0x01, 0x01, 0x00].into(); // NOP NOP NOP EOL
+        c.push(Case::forward(
+            "outer IPv4 with options (IHL 6)",
+            std,
+            &f,
+            BE_A4_V4,
+        ));
+    }
+    {
+        let mut f = g4(icmp4_echo(CLIENT_V4, VIP_A4));
+        f.padding = 6;
+        c.push(Case::forward(
+            "link padding after the outer packet is kept",
+            std,
+            &f,
+            BE_A4_V4,
+        ));
+    }
+    c.push(Case::forward(
+        "outer DSCP 46 is kept",
+        std,
+        &g4(t4()).dscp(46),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE to the node's second IPv4 address is sourced from it",
+        &e.two_addrs,
+        &Frame::gre4(NODE_V4_B, NODE_MAC, Gre::ipv4().encap(&t4())),
+        BE_A4_V4,
+    ));
+    c.push(Case::forward(
+        "GRE to the node's second IPv6 address is sourced from it",
+        &e.two_addrs,
+        &Frame::gre6(NODE_V6_B, NODE_MAC, Gre::ipv6().encap(&t6())),
+        BE_A6_V6,
+    ));
+
+    c
+}
+
+/// Runs one case; returns its outcome and frame.
+fn run(case: &Case) -> (Outcome, Vec<u8>) {
+    let mut frame = case.input.clone();
+    let outcome = process(&mut frame, &case.env.ctx());
+    (outcome, frame)
+}
+
+/// First differing byte, for failure messages.
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => format!(
+            "first difference at byte {i}: expected {:#04x}, got {:#04x}",
+            a[i], b[i]
+        ),
+        None => format!("lengths differ: expected {}, got {}", a.len(), b.len()),
+    }
+}
+
+/// Every way `case` fails, described.
+fn mismatches(case: &Case) -> Vec<String> {
+    let mut out = Vec::new();
+    let d = case.description;
+    let env = case.env.name;
+    let (outcome, frame) = run(case);
+    if outcome != case.expected {
+        out.push(format!(
+            "[{d}] ({env}) outcome: expected {:?}, got {:?}",
+            case.expected, outcome
+        ));
+    }
+    if frame != case.output {
+        let what = match (case.expected.verdict, outcome.verdict) {
+            (Verdict::Forward, Verdict::Forward) => "forwarded frame differs from the oracle",
+            (Verdict::Forward, _) => "frame is not the oracle's rewrite",
+            _ => "frame was modified although not forwarded",
+        };
+        out.push(format!(
+            "[{d}] ({env}) {what}: {}",
+            first_difference(&case.output, &frame)
+        ));
+    }
+    if outcome.verdict == Verdict::Forward {
+        // Whatever the expectation, a forwarded frame must carry GRE and
+        // the inner packet untouched, with a valid outer checksum.
+        if let Some(gre) = &case.gre {
+            if frame.get(gre.clone()) != case.input.get(gre.clone()) {
+                out.push(format!("[{d}] GRE or inner bytes changed"));
+            } else if !gre_checksum_ok(&frame[gre.clone()]) {
+                out.push(format!("[{d}] GRE checksum invalid after forwarding"));
+            }
+        }
+        if let Some(msg) = outer_ipv4_checksum_problem(&frame) {
+            out.push(format!("[{d}] {msg}"));
+        }
+    }
+    out
+}
+
+/// For an IPv4 frame (tagged or not), checks the header checksum against
+/// etherparse's full recompute.
+fn outer_ipv4_checksum_problem(frame: &[u8]) -> Option<String> {
+    let (eth, rest) = Ethernet2Header::from_slice(frame).ok()?;
+    let (ether_type, l3) = if eth.ether_type == EtherType::VLAN_TAGGED_FRAME {
+        let (vlan, rest) = etherparse::SingleVlanHeader::from_slice(rest).ok()?;
+        (vlan.ether_type, rest)
+    } else {
+        (eth.ether_type, rest)
+    };
+    if ether_type != EtherType::IPV4 {
+        return None;
+    }
+    let ip = Ipv4HeaderSlice::from_slice(l3).ok()?.to_header();
+    let full = ip.calc_header_checksum();
+    (full != ip.header_checksum).then(|| {
+        format!(
+            "outer IPv4 checksum {:#06x}, full recompute gives {full:#06x}",
+            ip.header_checksum
+        )
+    })
+}
+
+#[test]
+fn fixture_table() {
+    let cases = cases();
+    let mut failures = Vec::new();
+    let mut seen = HashSet::new();
+    for case in &cases {
+        if !seen.insert(case.description) {
+            failures.push(format!("[{}] duplicate description", case.description));
+        }
+        // Fixture self-checks: non-forwarded frames are expected back
+        // unchanged; GRE checksums in inputs are valid.
+        if case.expected.verdict != Verdict::Forward && case.output != case.input {
+            failures.push(format!(
+                "[{}] fixture bug: output differs from input",
+                case.description
+            ));
+        }
+        if let Some(gre) = &case.gre {
+            if case.input.len() >= gre.end
+                && gre.len() >= 4
+                && !gre_checksum_ok(&case.input[gre.clone()])
+            {
+                failures.push(format!(
+                    "[{}] fixture bug: input GRE checksum invalid",
+                    case.description
+                ));
+            }
+        }
+        failures.extend(mismatches(case));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} problem(s) across {} fixtures:\n  {}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// Tallies of the table's expected verdicts, counted by hand.
+fn expected_tallies(cases: &[Case]) -> (u64, u64, u64, Vec<(DropReason, u64)>) {
+    let count = |v: Verdict| cases.iter().filter(|c| c.expected.verdict == v).count() as u64;
+    (
+        cases.len() as u64,
+        count(Verdict::Forward),
+        count(Verdict::ToHost),
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, count(Verdict::Drop(r))))
+            .collect(),
+    )
+}
+
+fn compare_counters(what: &str, counters: &Counters, cases: &[Case]) -> Vec<String> {
+    let (rx, forwarded, to_host, dropped) = expected_tallies(cases);
+    let mut problems = Vec::new();
+    let mut check = |name: &str, got: u64, want: u64| {
+        if got != want {
+            problems.push(format!("{what}: {name} = {got}, the table says {want}"));
+        }
+    };
+    check("rx", counters.rx, rx);
+    check("forwarded", counters.forwarded, forwarded);
+    check("to_host", counters.to_host, to_host);
+    for (reason, want) in dropped {
+        check(
+            &format!("dropped[{}]", reason.name()),
+            counters.dropped(reason),
+            want,
+        );
+    }
+    problems
+}
+
+/// `Counters::record` over every case: first over the table's expected
+/// verdicts (checks the counters' own bookkeeping), then over what
+/// `process` actually returned (fails with the table if a case fails).
+#[test]
+fn counters_match_the_table() {
+    let cases = cases();
+    let mut problems = Vec::new();
+    for (reason, n) in expected_tallies(&cases).3 {
+        if n == 0 {
+            problems.push(format!("the table has no {} case", reason.name()));
+        }
+    }
+    let mut expected = Counters::default();
+    let mut actual = Counters::default();
+    for case in &cases {
+        expected.record(case.expected.verdict);
+        actual.record(run(case).0.verdict);
+    }
+    problems.extend(compare_counters("expected verdicts", &expected, &cases));
+    problems.extend(compare_counters("actual verdicts", &actual, &cases));
+    assert!(
+        problems.is_empty(),
+        "counter mismatches:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// The oracle and the builders agree with an independent parser: every
+/// Forward case's input and output parse with etherparse, and the output
+/// is addressed as the oracle says.
+#[test]
+fn fixture_frames_parse_with_etherparse() {
+    let mut problems = Vec::new();
+    for case in cases() {
+        if case.expected.verdict != Verdict::Forward {
+            continue;
+        }
+        for (which, bytes) in [("input", &case.input), ("output", &case.output)] {
+            match etherparse::SlicedPacket::from_ethernet(bytes) {
+                Ok(p) => {
+                    let ok = matches!(
+                        p.net,
+                        Some(etherparse::NetSlice::Ipv4(_)) | Some(etherparse::NetSlice::Ipv6(_))
+                    );
+                    if !ok {
+                        problems.push(format!("[{}] {which}: no IP layer", case.description));
+                    }
+                }
+                Err(err) => problems.push(format!("[{}] {which}: {err}", case.description)),
+            }
+        }
+        let p = etherparse::SlicedPacket::from_ethernet(&case.output).unwrap();
+        let dst = match &p.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) => IpAddr::from(ip.header().destination_addr()),
+            Some(etherparse::NetSlice::Ipv6(ip)) => IpAddr::from(ip.header().destination_addr()),
+            _ => continue,
+        };
+        if Some(dst) != case.expected.backend {
+            problems.push(format!(
+                "[{}] oracle output addressed to {dst}",
+                case.description
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

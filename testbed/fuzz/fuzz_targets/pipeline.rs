@@ -1,0 +1,77 @@
+//! Fuzzes `dataplane::process`, the pipeline entry point.
+//!
+//! Beyond "never panics" it checks what must hold for every input: a frame
+//! that is not forwarded is untouched, and a forwarded one keeps its length,
+//! its GRE header and inner packet, and a valid outer IPv4 checksum.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rusty_rail::dataplane::{self, Context, Service, Tables, Verdict, flow, neighbours};
+use rusty_rail::maglev::Backend;
+use rusty_rail::wire::{ethernet, ipv4, ipv6};
+use std::sync::OnceLock;
+
+struct World {
+    hasher: flow::Hasher,
+    tables: Tables,
+    neighbours: neighbours::Static,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let key = [0x42; 16];
+        let backends: Vec<Backend> = ["10.1.0.1", "10.1.0.2", "2001:db8:1::1", "2001:db8:1::2"]
+            .iter()
+            .map(|a| Backend { addr: a.parse().unwrap(), weight: 1 })
+            .collect();
+        let default = Service::build(None, &backends, &key, 251).unwrap();
+        let vip = Service::build(Some("192.0.2.10".parse().unwrap()), &backends[..1], &key, 251).unwrap();
+        let empty = Service::build(Some("192.0.2.11".parse().unwrap()), &[], &key, 251).unwrap();
+        let neighbours = neighbours::Static::new(
+            vec![(backends[0].addr, ethernet::Address([2, 0, 0, 0, 1, 1]))],
+            Some(ethernet::Address([2, 0, 0, 0, 0, 0xfe])),
+        );
+        World {
+            hasher: flow::Hasher::new(&key),
+            tables: Tables::new(1, Some(default), vec![vip, empty]).unwrap(),
+            neighbours,
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, frame)) = data.split_first() else {
+        return;
+    };
+    let w = world();
+    let ctx = Context {
+        mac: ethernet::Address([2, 0, 0, 0, 0, 1]),
+        local_v4: &[[172, 16, 0, 1]],
+        local_v6: &[[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]],
+        vlan: (selector & 1 == 1).then_some(100),
+        hasher: &w.hasher,
+        tables: &w.tables,
+        neighbours: &w.neighbours,
+    };
+    let mut out = frame.to_vec();
+    let outcome = dataplane::process(&mut out, &ctx);
+    assert_eq!(out.len(), frame.len());
+    if outcome.verdict != Verdict::Forward {
+        assert_eq!(out, frame, "{outcome:?} changed the frame");
+        return;
+    }
+    let eth = ethernet::Frame::new_checked(&out[..]).expect("forwarded a non-Ethernet frame");
+    assert_eq!(eth.src(), ctx.mac);
+    let l3 = eth.header_len();
+    if let Ok(ip) = ipv4::Packet::new_checked(&out[l3..]) {
+        assert!(ip.verify_checksum() || !ipv4::Packet::new_checked(&frame[l3..]).unwrap().verify_checksum());
+        let h = l3 + ip.header_len();
+        assert_eq!(out[h..], frame[h..], "GRE or inner bytes changed");
+    } else {
+        let ip = ipv6::Packet::new_checked(&out[l3..]).expect("forwarded neither IPv4 nor IPv6");
+        assert!(ip.hop_limit() >= 1);
+        let h = l3 + ipv6::HEADER_LEN;
+        assert_eq!(out[h..], frame[h..], "GRE or inner bytes changed");
+    }
+});
