@@ -1,0 +1,223 @@
+//! Frames per second through the per-frame pipeline, on one core.
+//!
+//! Realistic GRE frames (inner TCP/UDP packets of 64–128 bytes, 10k distinct
+//! flows) go through `dataplane::process` in batches of 64, against 3 and
+//! 100 backends. `parse` (header views only) and `parse_hash` (plus the flow
+//! hash) run in the same process for comparison. Frames are restored from a
+//! pristine copy between batches, inside the timed loop (see `restore_only` for
+//! its cost), so the figures slightly overstate the pipeline's own cost.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use etherparse::PacketBuilder;
+use rusty_rail::dataplane::{self, Context, Service, Tables, Verdict, flow, neighbours};
+use rusty_rail::maglev::{Backend, DEFAULT_SIZE, Key};
+use rusty_rail::wire::{ethernet, gre, ipv4, tcp, udp};
+
+const KEY: Key = *b"rusty_rail_bench";
+const FLOWS: usize = 10_000;
+const BATCH: usize = 64;
+const STRIDE: usize = 256;
+const NODE: [u8; 4] = [172, 16, 0, 1];
+const NODE_MAC: ethernet::Address = ethernet::Address([2, 0, 0, 0, 0, 1]);
+
+/// One GRE frame per flow: client 10.0.x.y:port -> VIP 192.0.2.10:80 (TCP)
+/// or :53 (UDP), inner size cycling through 64..=128 bytes.
+fn frames() -> Vec<Vec<u8>> {
+    (0..FLOWS)
+        .map(|i| {
+            let client = [10, 0, (i >> 8) as u8, i as u8];
+            let sport = 1024 + (i as u16).wrapping_mul(7);
+            let inner_len = 64 + (i % 65);
+            let builder = PacketBuilder::ipv4(client, [192, 0, 2, 10], 64);
+            let mut inner = Vec::new();
+            if i % 4 == 3 {
+                let payload = vec![0u8; inner_len - 28];
+                builder.udp(sport, 53).write(&mut inner, &payload).unwrap();
+            } else {
+                let payload = vec![0u8; inner_len - 40];
+                builder
+                    .tcp(sport, 80, i as u32, 65535)
+                    .ack(1)
+                    .write(&mut inner, &payload)
+                    .unwrap();
+            }
+            let gre = gre::Repr {
+                protocol: gre::protocol::IPV4,
+                checksum: false,
+                key: None,
+                sequence: None,
+            };
+            let outer = ipv4::Repr {
+                src: Ipv4Addr::new(198, 51, 100, 1),
+                dst: Ipv4Addr::from(NODE),
+                protocol: 47,
+                payload_len: gre.header_len() + inner.len(),
+                ttl: 64,
+            };
+            let eth = ethernet::Repr {
+                dst: NODE_MAC,
+                src: ethernet::Address([2, 0, 0, 0, 0, 0xfe]),
+                vlan: None,
+                ethertype: ethernet::ethertype::IPV4,
+            };
+            let mut f = vec![0u8; eth.header_len() + outer.header_len() + gre.header_len()];
+            eth.emit(&mut f).unwrap();
+            outer.emit(&mut f[14..]).unwrap();
+            gre.emit(&mut f[34..]).unwrap();
+            f.extend_from_slice(&inner);
+            assert!(f.len() <= STRIDE);
+            f
+        })
+        .collect()
+}
+
+/// All frames in fixed-stride slots, as a ring would hold them, plus a
+/// pristine copy of the bytes `process` rewrites (Ethernet + outer IPv4).
+struct Pool {
+    data: Vec<u8>,
+    lens: Vec<usize>,
+    headers: Vec<[u8; HEADER]>,
+    cursor: usize,
+}
+
+/// Ethernet + outer IPv4: everything a forward rewrites.
+const HEADER: usize = 34;
+
+impl Pool {
+    fn new(frames: &[Vec<u8>]) -> Pool {
+        let mut data = vec![0; frames.len() * STRIDE];
+        for (i, f) in frames.iter().enumerate() {
+            data[i * STRIDE..i * STRIDE + f.len()].copy_from_slice(f);
+        }
+        Pool {
+            data,
+            lens: frames.iter().map(Vec::len).collect(),
+            headers: frames
+                .iter()
+                .map(|f| f[..HEADER].try_into().unwrap())
+                .collect(),
+            cursor: 0,
+        }
+    }
+
+    /// Runs `f` over the next batch of 64 frames, cycling through all 10k.
+    #[inline]
+    fn batch(&mut self, restore: bool, mut f: impl FnMut(&mut [u8])) {
+        let first = self.cursor;
+        self.cursor = (self.cursor + BATCH) % (self.lens.len() - self.lens.len() % BATCH);
+        for i in first..first + BATCH {
+            let frame = &mut self.data[i * STRIDE..i * STRIDE + self.lens[i]];
+            if restore {
+                frame[..HEADER].copy_from_slice(&self.headers[i]);
+            }
+            f(frame);
+        }
+    }
+}
+
+fn backends(n: u32) -> Vec<Backend> {
+    (1..=n)
+        .map(|i| Backend {
+            addr: IpAddr::V4(Ipv4Addr::from(0x0A01_0000 + i)),
+            weight: 1,
+        })
+        .collect()
+}
+
+/// The header walk `process` does, without hashing or lookup.
+fn parse(frame: &[u8]) -> Option<(u32, [u8; 4])> {
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    let outer = ipv4::Packet::new_checked(eth.payload()).ok()?;
+    let g = gre::Packet::new_checked(outer.payload()).ok()?;
+    let inner = ipv4::Packet::new_checked(g.payload()).ok()?;
+    let ports = match inner.protocol() {
+        6 => {
+            let t = tcp::Packet::new_checked(inner.payload()).ok()?;
+            u32::from(t.src_port()) << 16 | u32::from(t.dst_port())
+        }
+        _ => {
+            let u = udp::Packet::new_checked(inner.payload()).ok()?;
+            u32::from(u.src_port()) << 16 | u32::from(u.dst_port())
+        }
+    };
+    Some((
+        ports ^ u32::from_be_bytes(inner.src_bytes()),
+        inner.dst_bytes(),
+    ))
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut pool = Pool::new(&frames());
+    let hasher = flow::Hasher::new(&KEY);
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    // The cost the forwarding benches pay to undo their own rewrite.
+    group.bench_function("restore_only", |b| {
+        b.iter(|| {
+            pool.batch(true, |f| {
+                black_box(f);
+            })
+        })
+    });
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            pool.batch(false, |f| {
+                black_box(parse(f));
+            })
+        })
+    });
+    group.bench_function("parse_hash", |b| {
+        b.iter(|| {
+            pool.batch(false, |f| {
+                if let Some((x, dst)) = parse(f) {
+                    black_box(hasher.v4([10, 0, 0, 1], dst, 6, x));
+                }
+            })
+        })
+    });
+
+    for n in [3u32, 100] {
+        let set = backends(n);
+        let service = Service::build(None, &set, &KEY, DEFAULT_SIZE).unwrap();
+        let tables = Tables::new(1, Some(service), Vec::new()).unwrap();
+        let entries = set
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.addr, ethernet::Address([2, 0, 0, 1, 0, i as u8])))
+            .collect();
+        let neighbours = neighbours::Static::new(entries, None);
+        let local_v4 = [NODE];
+        let ctx = Context {
+            mac: NODE_MAC,
+            local_v4: &local_v4,
+            local_v6: &[],
+            vlan: None,
+            hasher: &hasher,
+            tables: &tables,
+            neighbours: &neighbours,
+        };
+        // Every frame must really be forwarded, or the figure is meaningless.
+        let mut forwarded = 0;
+        for _ in 0..FLOWS / BATCH {
+            pool.batch(true, |f| {
+                forwarded += usize::from(dataplane::process(f, &ctx).verdict == Verdict::Forward);
+            });
+        }
+        assert_eq!(forwarded, FLOWS - FLOWS % BATCH);
+        group.bench_function(BenchmarkId::new("process", format!("{n}_backends")), |b| {
+            b.iter(|| {
+                pool.batch(true, |f| {
+                    black_box(dataplane::process(f, &ctx));
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
