@@ -9,6 +9,7 @@ pub mod flow;
 pub mod neighbours;
 pub mod tables;
 
+use crate::maglev::Table;
 use crate::wire::{self, ethernet, gre, ip_proto, ipv4, ipv6, tcp, udp};
 use core::net::IpAddr;
 pub use neighbours::Neighbours;
@@ -135,21 +136,20 @@ pub struct Context<'a, N: Neighbours> {
     pub neighbours: &'a N,
 }
 
-/// The rewrite `process` decided on.
-enum Rewrite {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
-}
-
-struct Route {
+/// A frame that is ours, parsed and hashed, waiting for its backend.
+struct Flow<'t> {
+    /// Offset of the outer IP header.
     l3: usize,
-    rewrite: Rewrite,
-    backend: IpAddr,
-    mac: ethernet::Address,
+    /// The node address it was sent to: the new outer source.
+    local: Addr,
+    /// The service's table for the outer family.
+    table: &'t Table,
+    hash: u64,
 }
 
-/// The inner destination, to find the service.
-enum InnerDst {
+/// An address as the header holds it.
+#[derive(Clone, Copy)]
+enum Addr {
     V4([u8; 4]),
     V6([u8; 16]),
 }
@@ -157,38 +157,18 @@ enum InnerDst {
 /// Decides the fate of one frame and, for `Forward`, rewrites it in place.
 #[inline]
 pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome {
-    let route = match route(frame, ctx) {
-        Ok(route) => route,
-        Err(outcome) => return outcome,
-    };
-    if let Ok(mut eth) = ethernet::Frame::new_checked(&mut *frame) {
-        eth.set_src(ctx.mac);
-        eth.set_dst(route.mac);
-    }
-    let l3 = frame.get_mut(route.l3..).unwrap_or_default();
-    match route.rewrite {
-        Rewrite::V4 { src, dst } => {
-            if let Ok(mut ip) = ipv4::Packet::new_checked(l3) {
-                ip.rewrite(src, dst);
-            }
-        }
-        Rewrite::V6 { src, dst } => {
-            if let Ok(mut ip) = ipv6::Packet::new_checked(l3) {
-                let hop_limit = ip.hop_limit().wrapping_sub(1);
-                ip.set_src(src);
-                ip.set_dst(dst);
-                ip.set_hop_limit(hop_limit);
-            }
-        }
-    }
-    Outcome {
-        verdict: Verdict::Forward,
-        backend: Some(route.backend),
+    match classify(frame, ctx) {
+        Ok(flow) => match flow.table.lookup(flow.hash) {
+            Some(backend) => forward(frame, &flow, backend.addr, ctx),
+            None => Outcome::drop(DropReason::NoBackend),
+        },
+        Err(outcome) => outcome,
     }
 }
 
-#[inline]
-fn route<N: Neighbours>(frame: &[u8], ctx: &Context<'_, N>) -> Result<Route, Outcome> {
+/// Is the frame ours, and if so its flow hash and table.
+#[inline(always)]
+fn classify<'t, N: Neighbours>(frame: &[u8], ctx: &Context<'t, N>) -> Result<Flow<'t>, Outcome> {
     let eth = ethernet::Frame::new_checked(frame).map_err(|_| Outcome::TO_HOST)?;
     // VID 0 is a priority tag only (802.1p): the frame is untagged.
     if eth.vlan_id().filter(|&id| id != 0) != ctx.vlan {
@@ -207,20 +187,11 @@ fn route<N: Neighbours>(frame: &[u8], ctx: &Context<'_, N>) -> Result<Route, Out
                 return Err(Outcome::drop(DropReason::OuterFragment));
             }
             let (hash, dst) = inner(ip.payload(), ip.ttl(), ctx.hasher)?;
-            let service = service(ctx.tables, dst)?;
-            let backend = service.v4().lookup(hash).map(|b| b.addr);
-            let Some(IpAddr::V4(addr)) = backend else {
-                return Err(Outcome::drop(DropReason::NoBackend));
-            };
-            let mac = next_hop(ctx, IpAddr::V4(addr))?;
-            Ok(Route {
+            Ok(Flow {
                 l3,
-                rewrite: Rewrite::V4 {
-                    src: local,
-                    dst: addr.octets(),
-                },
-                backend: IpAddr::V4(addr),
-                mac,
+                local: Addr::V4(local),
+                table: service(ctx.tables, dst)?.v4(),
+                hash,
             })
         }
         ethernet::ethertype::IPV6 => {
@@ -232,50 +203,74 @@ fn route<N: Neighbours>(frame: &[u8], ctx: &Context<'_, N>) -> Result<Route, Out
                 return Err(Outcome::TO_HOST);
             }
             let (hash, dst) = inner(ip.payload(), ip.hop_limit(), ctx.hasher)?;
-            let service = service(ctx.tables, dst)?;
-            let backend = service.v6().lookup(hash).map(|b| b.addr);
-            let Some(IpAddr::V6(addr)) = backend else {
-                return Err(Outcome::drop(DropReason::NoBackend));
-            };
-            let mac = next_hop(ctx, IpAddr::V6(addr))?;
-            Ok(Route {
+            Ok(Flow {
                 l3,
-                rewrite: Rewrite::V6 {
-                    src: local,
-                    dst: addr.octets(),
-                },
-                backend: IpAddr::V6(addr),
-                mac,
+                local: Addr::V6(local),
+                table: service(ctx.tables, dst)?.v6(),
+                hash,
             })
         }
         _ => Err(Outcome::TO_HOST),
     }
 }
 
+/// Finds the next hop and rewrites the outer headers in place.
+#[inline(always)]
+fn forward<N: Neighbours>(
+    frame: &mut [u8],
+    flow: &Flow<'_>,
+    backend: IpAddr,
+    ctx: &Context<'_, N>,
+) -> Outcome {
+    let Some(mac) = ctx.neighbours.lookup(backend) else {
+        return Outcome {
+            verdict: Verdict::Drop(DropReason::NoNeighbour),
+            backend: Some(backend),
+        };
+    };
+    let l3 = flow.l3;
+    match (flow.local, backend) {
+        (Addr::V4(src), IpAddr::V4(dst)) => {
+            if let Ok(mut ip) = ipv4::Packet::new_checked(frame.get_mut(l3..).unwrap_or_default()) {
+                ip.rewrite(src, dst.octets());
+            }
+        }
+        (Addr::V6(src), IpAddr::V6(dst)) => {
+            if let Ok(mut ip) = ipv6::Packet::new_checked(frame.get_mut(l3..).unwrap_or_default()) {
+                let hop_limit = ip.hop_limit().wrapping_sub(1);
+                ip.set_src(src);
+                ip.set_dst(dst.octets());
+                ip.set_hop_limit(hop_limit);
+            }
+        }
+        // Tables are per outer family, so this cannot happen; never send a
+        // frame we could not readdress.
+        _ => return Outcome::drop(DropReason::NoBackend),
+    }
+    if let Ok(mut eth) = ethernet::Frame::new_checked(&mut *frame) {
+        eth.set_src(ctx.mac);
+        eth.set_dst(mac);
+    }
+    Outcome {
+        verdict: Verdict::Forward,
+        backend: Some(backend),
+    }
+}
+
 #[inline]
-fn service(tables: &Tables, dst: InnerDst) -> Result<&Service, Outcome> {
+fn service(tables: &Tables, dst: Addr) -> Result<&Service, Outcome> {
     match dst {
-        InnerDst::V4(a) => tables.service_v4(a),
-        InnerDst::V6(a) => tables.service_v6(a),
+        Addr::V4(a) => tables.service_v4(a),
+        Addr::V6(a) => tables.service_v6(a),
     }
     .ok_or(Outcome::drop(DropReason::UnknownVip))
 }
 
-#[inline]
-fn next_hop<N: Neighbours>(
-    ctx: &Context<'_, N>,
-    backend: IpAddr,
-) -> Result<ethernet::Address, Outcome> {
-    ctx.neighbours.lookup(backend).ok_or(Outcome {
-        verdict: Verdict::Drop(DropReason::NoNeighbour),
-        backend: Some(backend),
-    })
-}
-
 /// Parses GRE and the packet inside it; returns the flow hash and the inner
-/// destination.
-#[inline]
-fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, InnerDst), Outcome> {
+/// destination. Always inlined: returned through memory, the result cost a
+/// store-forwarding stall per packet.
+#[inline(always)]
+fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Addr), Outcome> {
     let gre =
         gre::Packet::new_checked(gre_bytes).map_err(|_| Outcome::drop(DropReason::MalformedGre))?;
     if !gre.is_supported() {
@@ -297,7 +292,7 @@ fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Inner
             ports(ip.protocol(), ip.payload())?
         };
         let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
-        Ok((hasher.v4(src, dst, ip.protocol(), ports), InnerDst::V4(dst)))
+        Ok((hasher.v4(src, dst, ip.protocol(), ports), Addr::V4(dst)))
     } else {
         let ip = ipv6::Packet::new_checked(gre.payload()).map_err(malformed)?;
         let upper = ip.upper_layer().map_err(|e| match e {
@@ -311,15 +306,12 @@ fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Inner
             ports(upper.protocol, l4)?
         };
         let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
-        Ok((
-            hasher.v6(src, dst, upper.protocol, ports),
-            InnerDst::V6(dst),
-        ))
+        Ok((hasher.v6(src, dst, upper.protocol, ports), Addr::V6(dst)))
     }
 }
 
 /// `src_port << 16 | dst_port` for TCP and UDP; 0 (the 3-tuple) otherwise.
-#[inline]
+#[inline(always)]
 fn ports(protocol: u8, l4: &[u8]) -> Result<u32, Outcome> {
     let malformed = |_| Outcome::drop(DropReason::MalformedInner);
     match protocol {
