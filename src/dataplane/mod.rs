@@ -10,7 +10,7 @@ pub mod neighbours;
 pub mod tables;
 
 use crate::maglev::Table;
-use crate::wire::{self, ethernet, gre, ip_proto, ipv4, ipv6, tcp, udp};
+use crate::wire::{self, ethernet, gre, icmp, ip_proto, ipv4, ipv6, tcp, udp};
 use core::net::IpAddr;
 pub use neighbours::Neighbours;
 pub use tables::{Service, Tables};
@@ -286,12 +286,16 @@ fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Addr)
     let malformed = |_| Outcome::drop(DropReason::MalformedInner);
     if protocol == gre::protocol::IPV4 {
         let ip = ipv4::Packet::new_checked(gre.payload()).map_err(malformed)?;
-        let ports = if ip.is_fragment() {
-            0
-        } else {
-            ports(ip.protocol(), ip.payload())?
-        };
         let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
+        if ip.is_fragment() {
+            return Ok((hasher.v4(src, dst, ip.protocol(), 0), Addr::V4(dst)));
+        }
+        if ip.protocol() == ip_proto::ICMP {
+            if let Some(hash) = icmp_error_v4(ip.payload(), dst, hasher) {
+                return Ok((hash, Addr::V4(dst)));
+            }
+        }
+        let ports = ports(ip.protocol(), ip.payload())?;
         Ok((hasher.v4(src, dst, ip.protocol(), ports), Addr::V4(dst)))
     } else {
         let ip = ipv6::Packet::new_checked(gre.payload()).map_err(malformed)?;
@@ -299,14 +303,72 @@ fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Addr)
             wire::Error::Unsupported => Outcome::drop(DropReason::Ipv6ExtHeaders),
             _ => Outcome::drop(DropReason::MalformedInner),
         })?;
-        let ports = if upper.fragment {
-            0
-        } else {
-            let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
-            ports(upper.protocol, l4)?
-        };
         let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
+        if upper.fragment {
+            return Ok((hasher.v6(src, dst, upper.protocol, 0), Addr::V6(dst)));
+        }
+        let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
+        if upper.protocol == ip_proto::ICMPV6 {
+            if let Some(hash) = icmp_error_v6(l4, dst, hasher) {
+                return Ok((hash, Addr::V6(dst)));
+            }
+        }
+        let ports = ports(upper.protocol, l4)?;
         Ok((hasher.v6(src, dst, upper.protocol, ports), Addr::V6(dst)))
+    }
+}
+
+/// An ICMP error about a packet a backend sent from the VIP, such as
+/// "fragmentation needed" on the way back to the client, must reach that
+/// backend or path MTU discovery breaks. Its quote holds the reply
+/// (VIP -> client), so hash the flow as the client sent it: addresses and
+/// ports swapped. None when it is not such an error: hash it as it is.
+#[inline]
+fn icmp_error_v4(l4: &[u8], vip: [u8; 4], hasher: &flow::Hasher) -> Option<u64> {
+    let msg = icmp::Packet::new_checked(l4).ok()?;
+    let t = msg.msg_type();
+    if t != icmp::v4::DEST_UNREACHABLE
+        && t != icmp::v4::TIME_EXCEEDED
+        && t != icmp::v4::PARAMETER_PROBLEM
+    {
+        return None;
+    }
+    let quoted = ipv4::Packet::new_quoted(msg.payload()).ok()?;
+    if quoted.src_bytes() != vip {
+        return None;
+    }
+    let ports = quoted_ports(quoted.protocol(), quoted.is_fragment(), quoted.payload())?;
+    Some(hasher.v4(quoted.dst_bytes(), vip, quoted.protocol(), ports))
+}
+
+/// `icmp_error_v4` for ICMPv6: unreachable, packet too big, time exceeded
+/// and parameter problem.
+#[inline]
+fn icmp_error_v6(l4: &[u8], vip: [u8; 16], hasher: &flow::Hasher) -> Option<u64> {
+    let msg = icmp::Packet::new_checked(l4).ok()?;
+    if !(icmp::v6::DEST_UNREACHABLE..=icmp::v6::PARAMETER_PROBLEM).contains(&msg.msg_type()) {
+        return None;
+    }
+    let quoted = ipv6::Packet::new_quoted(msg.payload()).ok()?;
+    if quoted.src_bytes() != vip {
+        return None;
+    }
+    let upper = quoted.upper_layer().ok()?;
+    let l4 = quoted.payload().get(upper.offset..).unwrap_or_default();
+    let ports = quoted_ports(upper.protocol, upper.fragment, l4)?;
+    Some(hasher.v6(quoted.dst_bytes(), vip, upper.protocol, ports))
+}
+
+/// The client's ports for a quoted reply, as `ports` orders them; 0 (the
+/// 3-tuple) for fragments and protocols without ports.
+#[inline]
+fn quoted_ports(protocol: u8, fragment: bool, l4: &[u8]) -> Option<u32> {
+    match protocol {
+        ip_proto::TCP | ip_proto::UDP if !fragment => {
+            let (reply_src, reply_dst) = wire::ports(l4)?;
+            Some(u32::from(reply_dst) << 16 | u32::from(reply_src))
+        }
+        _ => Some(0),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod v4 {
     pub const DEST_UNREACHABLE: u8 = 3;
     pub const ECHO_REQUEST: u8 = 8;
     pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
     /// Code of DEST_UNREACHABLE: fragmentation needed and DF set.
     pub const FRAG_NEEDED: u8 = 4;
 }
@@ -31,6 +32,7 @@ pub mod v6 {
     pub const DEST_UNREACHABLE: u8 = 1;
     pub const PACKET_TOO_BIG: u8 = 2;
     pub const TIME_EXCEEDED: u8 = 3;
+    pub const PARAMETER_PROBLEM: u8 = 4;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
     pub const NEIGHBOR_SOLICIT: u8 = 135;

@@ -60,6 +60,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// For the packet quoted in an ICMP error: checks version 4 and that
+    /// the header fits, but not the total length, since the quote is cut
+    /// short. `payload` is then what the quote holds.
+    #[inline]
+    pub fn new_quoted(buffer: T) -> Result<Self> {
+        let p = Packet { buffer };
+        let len = p.buffer.as_ref().len();
+        if len < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if p.version() != 4 || p.header_len() < HEADER_LEN {
+            return Err(Error::Malformed);
+        }
+        if p.header_len() > len {
+            return Err(Error::Truncated);
+        }
+        Ok(p)
+    }
+
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -159,10 +178,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         bytes::slice(self.buf(), HEADER_LEN..self.header_len())
     }
 
-    /// The payload up to `total_len`, without link padding.
+    /// The payload up to `total_len`, without link padding (for a quoted
+    /// packet, up to the end of the quote).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        bytes::slice(self.buf(), self.header_len()..usize::from(self.total_len()))
+        let buf = self.buf();
+        let end = usize::from(self.total_len()).min(buf.len());
+        bytes::slice(buf, self.header_len()..end)
     }
 
     pub fn verify_checksum(&self) -> bool {
@@ -334,6 +356,19 @@ mod tests {
                 "accepted {n} bytes"
             );
         }
+    }
+
+    #[test]
+    fn quoted_packet_needs_only_its_header() {
+        let b = with_option();
+        assert!(Packet::new_checked(&b[..26]).is_err());
+        let p = Packet::new_quoted(&b[..26]).unwrap();
+        assert_eq!(p.payload(), &[0xde, 0xad]);
+        assert_eq!(p.dst(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(Packet::new_quoted(&b[..23]).unwrap_err(), Error::Truncated);
+        let mut bad = b.clone();
+        bad[0] = 0x44;
+        assert_eq!(Packet::new_quoted(&bad[..]).unwrap_err(), Error::Malformed);
     }
 
     #[test]

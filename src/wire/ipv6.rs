@@ -57,6 +57,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(p)
     }
 
+    /// For the packet quoted in an ICMPv6 error: checks version 6 and the
+    /// fixed header, but not the payload length, since the quote is cut
+    /// short. `payload` is then what the quote holds.
+    #[inline]
+    pub fn new_quoted(buffer: T) -> Result<Self> {
+        let p = Packet { buffer };
+        if p.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if p.version() != 6 {
+            return Err(Error::Malformed);
+        }
+        Ok(p)
+    }
+
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -117,12 +132,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ipv6Addr::from(self.dst_bytes())
     }
 
+    /// The payload without link padding (for a quoted packet, up to the
+    /// end of the quote).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        bytes::slice(
-            self.buf(),
-            HEADER_LEN..HEADER_LEN + usize::from(self.payload_len()),
-        )
+        let buf = self.buf();
+        let end = (HEADER_LEN + usize::from(self.payload_len())).min(buf.len());
+        bytes::slice(buf, HEADER_LEN..end)
     }
 
     /// Skips Hop-by-Hop, Routing, Destination Options and AH headers, and
@@ -317,6 +333,19 @@ mod tests {
                 fragment: true
             })
         );
+    }
+
+    #[test]
+    fn quoted_packet_needs_only_the_fixed_header() {
+        let b = packet(
+            ip_proto::TCP,
+            &[0x01, 0xbb, 0x9c, 0x40, 0, 0, 0, 1, 0, 0, 0, 0],
+        );
+        assert!(Packet::new_checked(&b[..48]).is_err());
+        let p = Packet::new_quoted(&b[..48]).unwrap();
+        assert_eq!(p.payload(), &b[40..48]);
+        assert_eq!(p.upper_layer().unwrap().protocol, ip_proto::TCP);
+        assert_eq!(Packet::new_quoted(&b[..39]).unwrap_err(), Error::Truncated);
     }
 
     #[test]

@@ -48,3 +48,27 @@ pub mod ip_proto {
     pub const IPV6_NONXT: u8 = 59;
     pub const IPV6_OPTS: u8 = 60;
 }
+
+/// Source and destination ports of TCP, UDP, SCTP or DCCP, which all
+/// start with them. For the 8-byte quotes in ICMP errors, where a whole
+/// transport header may not be present.
+#[inline]
+pub fn ports(l4: &[u8]) -> Option<(u16, u16)> {
+    let b = l4.first_chunk::<4>()?;
+    Some((
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_reads_the_first_four_bytes_or_nothing() {
+        assert_eq!(
+            super::ports(&[0x9c, 0x40, 0x00, 0x50, 9]),
+            Some((40000, 80))
+        );
+        assert_eq!(super::ports(&[0x9c, 0x40, 0x00]), None);
+    }
+}
