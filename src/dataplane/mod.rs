@@ -228,23 +228,26 @@ fn forward<N: Neighbours>(
             backend: Some(backend),
         };
     };
-    let l3 = flow.l3;
+    // `classify` validated these headers and the tables are per outer
+    // family, so the fallbacks cannot happen; they leave the frame as it was
+    // rather than send one we could not readdress.
+    let l3 = frame.get_mut(flow.l3..).unwrap_or_default();
     match (flow.local, backend) {
         (Addr::V4(src), IpAddr::V4(dst)) => {
-            if let Ok(mut ip) = ipv4::Packet::new_checked(frame.get_mut(l3..).unwrap_or_default()) {
-                ip.rewrite(src, dst.octets());
-            }
+            let Ok(mut ip) = ipv4::Packet::new_checked(l3) else {
+                return Outcome::TO_HOST;
+            };
+            ip.rewrite(src, dst.octets());
         }
         (Addr::V6(src), IpAddr::V6(dst)) => {
-            if let Ok(mut ip) = ipv6::Packet::new_checked(frame.get_mut(l3..).unwrap_or_default()) {
-                let hop_limit = ip.hop_limit().wrapping_sub(1);
-                ip.set_src(src);
-                ip.set_dst(dst.octets());
-                ip.set_hop_limit(hop_limit);
-            }
+            let Ok(mut ip) = ipv6::Packet::new_checked(l3) else {
+                return Outcome::TO_HOST;
+            };
+            let hop_limit = ip.hop_limit().wrapping_sub(1);
+            ip.set_src(src);
+            ip.set_dst(dst.octets());
+            ip.set_hop_limit(hop_limit);
         }
-        // Tables are per outer family, so this cannot happen; never send a
-        // frame we could not readdress.
         _ => return Outcome::drop(DropReason::NoBackend),
     }
     if let Ok(mut eth) = ethernet::Frame::new_checked(&mut *frame) {
