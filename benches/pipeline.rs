@@ -30,7 +30,7 @@ fn frames() -> Vec<Vec<u8>> {
     (0..FLOWS)
         .map(|i| {
             let client = [10, 0, (i >> 8) as u8, i as u8];
-            let sport = 1024 + (i as u16).wrapping_mul(7);
+            let sport = 1024 + i as u16;
             let inner_len = 64 + (i % 65);
             let builder = PacketBuilder::ipv4(client, [192, 0, 2, 10], 64);
             let mut inner = Vec::new();
