@@ -71,13 +71,20 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const MAX_DEVICE_LEN: usize = 15;
 
 /// The variables this module knows, in the order they are documented.
-pub const VARIABLES: [&str; 6] = [
+pub const VARIABLES: [&str; 13] = [
     "RR_DEVICE",
     "RR_TARGET_IPS",
     "RR_VIPS",
     "RR_HASH_KEY",
     "RR_TABLE_SIZE",
     "RR_VLAN",
+    "RR_XDP_MODE",
+    "RR_CORES",
+    "RR_BATCH",
+    "RR_RING_SIZE",
+    "RR_IDLE",
+    "RR_IDLE_SPIN_US",
+    "RR_STATS_INTERVAL",
 ];
 
 const PREFIX: &str = "RR_";
@@ -116,6 +123,31 @@ Configuration is read from these environment variables (an empty value counts as
   RR_VLAN        The 802.1Q VLAN id (1..4094) the GRE traffic arrives on.
                  Default: unset (untagged).
                  Example: RR_VLAN=100
+
+  RR_XDP_MODE    How the XDP program is attached: auto (native, else generic),
+                 native or generic. Zero-copy is used where the driver has it.
+                 Default: auto.
+
+  RR_CORES       The cores the workers are pinned to, ','-separated; one worker
+                 per RX queue, queue i on the i-th listed core (wrapping).
+                 Default: unset (queue i on core i, wrapping).
+                 Example: RR_CORES=2,3
+
+  RR_BATCH       Frames a worker takes from its ring at a time: 1..1024.
+                 Default: 64.
+
+  RR_RING_SIZE   Descriptors in each AF_XDP ring (RX, TX, fill, completion): a
+                 power of two from 64 to 16384. Default: 2048.
+
+  RR_IDLE        What an idle worker does: adaptive (spin RR_IDLE_SPIN_US, then
+                 sleep in poll() until traffic returns) or spin (never sleep).
+                 Default: adaptive.
+
+  RR_IDLE_SPIN_US  Microseconds an adaptive worker spins on empty rings before it
+                 sleeps: 0..1000000. Default: 200.
+
+  RR_STATS_INTERVAL  Seconds between the JSON counter lines in the log (fractions
+                 allowed); 0 turns them off. Default: 10.
 
 Log verbosity follows RUST_LOG (default: info).
 ";
@@ -228,6 +260,14 @@ pub enum Error {
     )]
     BadVlan { value: String },
 
+    /// A forwarder setting is out of range or not one of its words.
+    #[error("{var}={value:?}: expected {expected}")]
+    BadValue {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
     /// A known variable's value is not valid UTF-8 (only from the real environment).
     #[error("{var}={value:?}: expected valid UTF-8 text")]
     NotUnicode { var: &'static str, value: String },
@@ -262,9 +302,57 @@ pub struct Config {
     pub table_size: usize,
     /// `RR_VLAN`; `None` for untagged.
     pub vlan: Option<u16>,
+    /// How the forwarder runs: XDP mode, cores, batching, idling, stats.
+    pub forwarder: Forwarder,
     /// Names of `RR_*` variables that are not in [`VARIABLES`], sorted;
     /// ignored, but reported by [`Config::warnings`].
     pub unknown_vars: Vec<String>,
+}
+
+/// `RR_XDP_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver has it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// `RR_IDLE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Spin a while on empty rings, then sleep in poll() until traffic returns.
+    Adaptive,
+    /// Never sleep, as DPDK does.
+    Spin,
+}
+
+/// The forwarder's tuning knobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarder {
+    pub xdp_mode: XdpMode,
+    /// `RR_CORES`; `None` means queue i on core i.
+    pub cores: Option<Vec<usize>>,
+    pub batch: usize,
+    pub ring_size: u32,
+    pub idle: Idle,
+    pub idle_spin: std::time::Duration,
+    /// `None` when `RR_STATS_INTERVAL=0`.
+    pub stats_interval: Option<std::time::Duration>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder {
+            xdp_mode: XdpMode::Auto,
+            cores: None,
+            batch: 64,
+            ring_size: 2048,
+            idle: Idle::Adaptive,
+            idle_spin: std::time::Duration::from_micros(200),
+            stats_interval: Some(std::time::Duration::from_secs(10)),
+        }
+    }
 }
 
 /// The variables as envy reads them; every field a string so that all
@@ -277,6 +365,13 @@ struct Raw {
     hash_key: Option<String>,
     table_size: Option<String>,
     vlan: Option<String>,
+    xdp_mode: Option<String>,
+    cores: Option<String>,
+    batch: Option<String>,
+    ring_size: Option<String>,
+    idle: Option<String>,
+    idle_spin_us: Option<String>,
+    stats_interval: Option<String>,
 }
 
 const EXPECT_TARGET_ENTRY: &str = "ADDR or ADDR*WEIGHT, separated by ';'";
@@ -342,35 +437,37 @@ impl Config {
         Ok(config)
     }
 
-    fn from_raw(raw: Raw) -> Result<Config, Error> {
-        let device = match set(raw.device) {
+    fn from_raw(mut raw: Raw) -> Result<Config, Error> {
+        let device = match set(raw.device.take()) {
             None => return Err(Error::MissingDevice),
             Some(value) => parse_device(value)?,
         };
-        let default_set = match set(raw.target_ips) {
+        let default_set = match set(raw.target_ips.take()) {
             None => None,
             Some(value) => Some(parse_target_ips(&value)?),
         };
-        let vips = match set(raw.vips) {
+        let vips = match set(raw.vips.take()) {
             None => None,
             Some(value) => Some(parse_vips(&value)?),
         };
         if default_set.is_none() && vips.is_none() {
             return Err(Error::NoBackendSet);
         }
-        let hash_key = match set(raw.hash_key) {
+        let hash_key = match set(raw.hash_key.take()) {
             None => DEFAULT_HASH_KEY,
             Some(value) => parse_hash_key(value)?,
         };
-        let table_size = match set(raw.table_size) {
+        let table_size = match set(raw.table_size.take()) {
             None => maglev::DEFAULT_SIZE,
             Some(value) => parse_table_size(value)?,
         };
-        let vlan = match set(raw.vlan) {
+        let vlan = match set(raw.vlan.take()) {
             None => None,
             Some(value) => Some(parse_vlan(value)?),
         };
+        let forwarder = parse_forwarder(&raw)?;
         let config = Config {
+            forwarder,
             device,
             default_set,
             vips: vips.unwrap_or_default(),
@@ -709,6 +806,82 @@ fn parse_vlan(value: String) -> Result<u16, Error> {
         Some(id @ 1..=4094) => Ok(id),
         _ => Err(Error::BadVlan { value }),
     }
+}
+
+fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
+    fn value(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|v| !v.is_empty())
+    }
+    let bad = |var, value: &str, expected| Error::BadValue {
+        var,
+        value: value.to_string(),
+        expected,
+    };
+    let mut f = Forwarder::default();
+    if let Some(v) = value(&raw.xdp_mode) {
+        f.xdp_mode = match v {
+            "auto" => XdpMode::Auto,
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            _ => return Err(bad("RR_XDP_MODE", v, "auto, native or generic")),
+        };
+    }
+    if let Some(v) = value(&raw.cores) {
+        const EXPECTED: &str = "','-separated core numbers, e.g. RR_CORES=0,1";
+        let cores = v
+            .split(',')
+            .map(|c| parse_decimal(c.trim()).and_then(|n| usize::try_from(n).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .filter(|c| c.iter().all(|&n| n < 4096))
+            .ok_or_else(|| bad("RR_CORES", v, EXPECTED))?;
+        f.cores = Some(cores);
+    }
+    if let Some(v) = value(&raw.batch) {
+        f.batch = parse_decimal(v)
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| bad("RR_BATCH", v, "an integer from 1 to 1024"))?
+            as usize;
+    }
+    if let Some(v) = value(&raw.ring_size) {
+        f.ring_size = parse_decimal(v)
+            .filter(|n| (64..=16384).contains(n) && n.is_power_of_two())
+            .ok_or_else(|| bad("RR_RING_SIZE", v, "a power of two from 64 to 16384"))?
+            as u32;
+    }
+    if let Some(v) = value(&raw.idle) {
+        f.idle = match v {
+            "adaptive" => Idle::Adaptive,
+            "spin" => Idle::Spin,
+            _ => return Err(bad("RR_IDLE", v, "adaptive or spin")),
+        };
+    }
+    if let Some(v) = value(&raw.idle_spin_us) {
+        let us = parse_decimal(v)
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| bad("RR_IDLE_SPIN_US", v, "microseconds from 0 to 1000000"))?;
+        f.idle_spin = std::time::Duration::from_micros(us);
+    }
+    if let Some(v) = value(&raw.stats_interval) {
+        let secs = parse_seconds(v).ok_or_else(|| {
+            bad(
+                "RR_STATS_INTERVAL",
+                v,
+                "seconds from 0 to 86400 (fractions allowed; 0 = off)",
+            )
+        })?;
+        f.stats_interval = (!secs.is_zero()).then_some(secs);
+    }
+    Ok(f)
+}
+
+/// `1`, `0.5`, `2.25`: decimal seconds up to a day, without sign or exponent.
+fn parse_seconds(value: &str) -> Option<std::time::Duration> {
+    let ok = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && value.bytes().filter(|&b| b == b'.').count() <= 1
+        && value.bytes().any(|b| b.is_ascii_digit());
+    let secs: f64 = value.parse().ok().filter(|_| ok)?;
+    (secs <= 86_400.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -1368,6 +1541,80 @@ mod tests {
                 .prop_map(Some),
             "[0-9]{1,9}".prop_map(Some),
         ]
+    }
+
+    #[test]
+    fn forwarder_defaults_are_auto_64_2048_adaptive_200us_10s() {
+        let c = parse(&[("RR_DEVICE", "eth0"), ("RR_TARGET_IPS", "10.0.0.1")]).unwrap();
+        assert_eq!(c.forwarder, Forwarder::default());
+        assert_eq!(c.forwarder.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.forwarder.batch, 64);
+        assert_eq!(c.forwarder.ring_size, 2048);
+        assert_eq!(c.forwarder.idle, Idle::Adaptive);
+        assert_eq!(c.forwarder.idle_spin, std::time::Duration::from_micros(200));
+        assert_eq!(
+            c.forwarder.stats_interval,
+            Some(std::time::Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn forwarder_variables_parse() {
+        let c = parse(&[
+            ("RR_DEVICE", "eth0"),
+            ("RR_TARGET_IPS", "10.0.0.1"),
+            ("RR_XDP_MODE", "generic"),
+            ("RR_CORES", "1, 0,3"),
+            ("RR_BATCH", "256"),
+            ("RR_RING_SIZE", "4096"),
+            ("RR_IDLE", "spin"),
+            ("RR_IDLE_SPIN_US", "0"),
+            ("RR_STATS_INTERVAL", "0.25"),
+        ])
+        .unwrap();
+        let f = c.forwarder;
+        assert_eq!(f.xdp_mode, XdpMode::Generic);
+        assert_eq!(f.cores, Some(vec![1, 0, 3]));
+        assert_eq!((f.batch, f.ring_size, f.idle), (256, 4096, Idle::Spin));
+        assert_eq!(f.idle_spin, std::time::Duration::ZERO);
+        assert_eq!(
+            f.stats_interval,
+            Some(std::time::Duration::from_millis(250))
+        );
+        let off = parse(&[
+            ("RR_DEVICE", "eth0"),
+            ("RR_TARGET_IPS", "10.0.0.1"),
+            ("RR_STATS_INTERVAL", "0"),
+        ])
+        .unwrap();
+        assert_eq!(off.forwarder.stats_interval, None);
+    }
+
+    #[test]
+    fn bad_forwarder_values_are_one_line_errors_naming_the_variable() {
+        for (var, bad) in [
+            ("RR_XDP_MODE", "fast"),
+            ("RR_CORES", "0,,1"),
+            ("RR_CORES", "-1"),
+            ("RR_BATCH", "0"),
+            ("RR_BATCH", "1025"),
+            ("RR_RING_SIZE", "1000"),
+            ("RR_RING_SIZE", "32"),
+            ("RR_IDLE", "sleep"),
+            ("RR_IDLE_SPIN_US", "1000001"),
+            ("RR_STATS_INTERVAL", "-1"),
+            ("RR_STATS_INTERVAL", "1e3"),
+            ("RR_STATS_INTERVAL", "."),
+            ("RR_STATS_INTERVAL", "86401"),
+        ] {
+            let err = parse(&[
+                ("RR_DEVICE", "eth0"),
+                ("RR_TARGET_IPS", "10.0.0.1"),
+                (var, bad),
+            ])
+            .unwrap_err();
+            assert_message(&err, var, bad);
+        }
     }
 
     proptest! {

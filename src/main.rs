@@ -1,12 +1,16 @@
 //! The `rusty_rail` binary: reads the `RR_*` environment, checks the
-//! device, builds every Maglev table and (in a later change) forwards.
+//! device, builds every Maglev table and forwards until SIGINT or SIGTERM.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use rusty_rail::config::{self, Config};
+use rusty_rail::control::forwarder;
 use rusty_rail::{control, io, maglev};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 const USAGE: &str = "\
 rusty_rail: a Maglev-style L4 load balancer
@@ -23,9 +27,9 @@ Options:
 enum Failure {
     /// A configuration mistake: printed as `rusty_rail: <line>`, exit 2.
     Config(String),
-    /// Everything checked out but this build cannot forward: exit 1
-    /// (the reason has been logged).
-    NotImplemented,
+    /// The forwarder could not start: printed as `rusty_rail: <line>`,
+    /// with this exit status.
+    Start(String, u8),
 }
 
 fn main() -> ExitCode {
@@ -48,7 +52,10 @@ fn main() -> ExitCode {
             eprintln!("rusty_rail: {line}");
             ExitCode::from(2)
         }
-        Err(Failure::NotImplemented) => ExitCode::from(1),
+        Err(Failure::Start(line, code)) => {
+            eprintln!("rusty_rail: {line}");
+            ExitCode::from(code)
+        }
     }
 }
 
@@ -100,10 +107,12 @@ fn run() -> Result<(), Failure> {
         }
     }
 
-    log::error!(
-        "packet I/O is not implemented in this build yet; configuration and tables are valid"
-    );
-    Err(Failure::NotImplemented)
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| Failure::Start(format!("cannot handle signal {signal}: {e}"), 1))?;
+    }
+    forwarder::run(&config, &stop).map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
 }
 
 /// e.g. `2 backends in 65537 slots: 10.1.0.1 (weight 1) 32768 slots, ...`.

@@ -1,7 +1,7 @@
 //! The `rusty_rail` binary as an operator meets it: `--help` and
 //! `--version` with no environment, one-line errors with exit status 2 for
-//! bad configuration, and the honest exit status 1 while there is no packet
-//! I/O.
+//! bad configuration, and a one-line error with status 1 without the
+//! privileges to forward.
 
 use std::process::{Command, Output};
 
@@ -11,6 +11,34 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rusty_rail"))
         .args(args)
         .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the binary without any capability: as root through `setpriv` to
+/// uid/gid 65534 with every capability dropped, otherwise as we are.
+fn run_unprivileged(env: &[(&str, &str)]) -> Output {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_rusty_rail"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_rusty_rail"))
+    };
+    cmd.env_clear()
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
@@ -116,35 +144,36 @@ fn missing_device_is_named_with_status_2() {
 }
 
 #[test]
-fn valid_configuration_builds_tables_then_says_there_is_no_packet_io() {
-    let out = run(
-        &[],
-        &[
-            ("RR_DEVICE", "lo"),
-            ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2"),
-            ("RR_HASH_KEY", KEY),
-        ],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+fn valid_configuration_without_privileges_builds_tables_then_fails_in_one_line() {
+    let out = run_unprivileged(&[
+        ("RR_DEVICE", "lo"),
+        ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2"),
+        ("RR_HASH_KEY", KEY),
+    ]);
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
     assert!(
-        err.contains("backend set default (IPv4): 2 backends in 65537 slots"),
-        "{err}"
+        lines
+            .iter()
+            .any(|l| l.contains("backend set default (IPv4): 2 backends in 65537 slots")),
+        "{lines:?}"
+    );
+    let last = lines.last().expect("an error line");
+    assert!(
+        last.starts_with("rusty_rail: missing privileges: rusty_rail needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF"),
+        "{lines:?}"
     );
     assert!(
-        err.contains("packet I/O is not implemented in this build yet"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("WARN"),
-        "no warning expected with a key set: {err}"
+        !lines.iter().any(|l| l.starts_with("WARN")),
+        "no warning expected with a key set: {lines:?}"
     );
 }
 
 #[test]
 fn default_hash_key_is_warned_about() {
-    let out = run(&[], &[("RR_DEVICE", "lo"), ("RR_TARGET_IPS", "10.1.0.1")]);
+    let out = run_unprivileged(&[("RR_DEVICE", "lo"), ("RR_TARGET_IPS", "10.1.0.1")]);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.lines()
             .any(|l| l.starts_with("WARN") && l.contains("RR_HASH_KEY")),

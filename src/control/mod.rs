@@ -1,6 +1,11 @@
 //! Control-side code: builds what the data path reads. May allocate, log
 //! and return typed errors; never runs on a worker thread.
 
+pub mod forwarder;
+pub mod neighbours;
+pub mod netlink;
+pub mod privileges;
+
 use crate::config::Config;
 use crate::dataplane::tables::{Error, Service, Tables};
 

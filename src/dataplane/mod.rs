@@ -8,6 +8,7 @@
 pub mod flow;
 pub mod neighbours;
 pub mod tables;
+pub mod worker;
 
 use crate::maglev::Table;
 use crate::wire::{self, ethernet, gre, icmp, ip_proto, ipv4, ipv6, tcp, udp};

@@ -1,0 +1,369 @@
+//! Starting, running and stopping the forwarder on one device.
+//!
+//! Start: check the device and privileges, clear a leftover program of
+//! ours, attach the XDP steering program, open one AF_XDP socket per RX
+//! queue and start one pinned worker per socket. Run: keep the next hops
+//! resolved and swap in a new snapshot when they change; log the counters.
+//! Stop: stop the workers, drain their TX rings, close the sockets and
+//! detach the program, so the device is left as it was found.
+
+use super::{neighbours, netlink, privileges};
+use crate::config::{Config, XdpMode};
+use crate::dataplane::worker::{self, Shared, Snapshot, Stats, Totals};
+use crate::dataplane::{Tables, flow};
+use crate::io::tap::{self, Tap};
+use crate::io::xdp::{self, Mode, Steering};
+use crate::io::xsk::{self, Socket};
+use crate::wire::ethernet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why the forwarder could not start. Each is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("RR_DEVICE={0:?}: no such network device")]
+    NoDevice(String),
+    #[error("cannot read device {device}: {source}")]
+    Netlink {
+        device: String,
+        source: netlink::Error,
+    },
+    #[error(
+        "missing privileges: rusty_rail needs root, or {missing} (it loads an XDP program and opens AF_XDP sockets)"
+    )]
+    Privileges { missing: String },
+    #[error(
+        "{device} already runs XDP program {name:?} (id {id}) that is not rusty_rail's; remove it first, e.g. `ip link set dev {device} xdp off`"
+    )]
+    ForeignProgram {
+        device: String,
+        name: String,
+        id: u32,
+    },
+    #[error(
+        "{device} already runs rusty_rail's XDP program (id {id}) through a live link: is another rusty_rail running on it? ({message})"
+    )]
+    Busy {
+        device: String,
+        id: u32,
+        message: String,
+    },
+    #[error(transparent)]
+    Steering(#[from] xdp::Error),
+    #[error(transparent)]
+    Socket(#[from] xsk::Error),
+    #[error("cannot start worker {queue}: {message}")]
+    Worker { queue: u32, message: String },
+    #[error("cannot build the Maglev tables: {0}")]
+    Tables(#[from] crate::dataplane::tables::Error),
+}
+
+impl Error {
+    /// Exit status: 2 for configuration mistakes, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NoDevice(_) | Error::Tables(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How often the control loop wakes.
+const TICK: Duration = Duration::from_millis(50);
+/// How often next hops are re-read from the kernel when all resolve.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often while some are unresolved.
+const REFRESH_PENDING: Duration = Duration::from_millis(100);
+
+/// Runs until `stop` is set (by SIGINT/SIGTERM), then cleans up.
+pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
+    let device = netlink::device(&config.device).map_err(|e| match e {
+        netlink::Error::NoSuchDevice(_) => Error::NoDevice(config.device.clone()),
+        source => Error::Netlink {
+            device: config.device.clone(),
+            source,
+        },
+    })?;
+    if let Ok(caps) = privileges::effective() {
+        let missing = privileges::missing(caps);
+        if !missing.is_empty() {
+            return Err(Error::Privileges {
+                missing: missing.join(", "),
+            });
+        }
+    }
+    clear_leftover(&device)?;
+
+    let tables = Arc::new(super::tables(config, 1)?);
+    if device.v4.is_empty() && device.v6.is_empty() {
+        log::warn!(
+            "{} has no IPv4 or IPv6 address: no GRE can be addressed to this node",
+            device.name
+        );
+    }
+    let mut steering = Steering::attach(
+        &device.name,
+        device.index,
+        config.forwarder.xdp_mode,
+        config.vlan,
+        &device.v4,
+        &device.v6,
+    )?;
+
+    let host = match Tap::open(&tap::name_for(&device.name), device.mac) {
+        Ok(tap) => Some(tap),
+        Err(e) => {
+            log::warn!(
+                "cannot create the TAP device {} for frames the host must see: {e}; \
+                 such frames are dropped and counted as to_host_failed",
+                tap::name_for(&device.name)
+            );
+            None
+        }
+    };
+
+    let queues = crate::io::rx_queues(&device.name).clamp(1, xdp::MAX_QUEUES);
+    let copy = open_sockets(config, &device, &mut steering, queues, host.as_ref())?;
+    let (sockets, copy_mode) = copy;
+    log::info!(
+        "forwarding on {} (index {}): XDP {} mode, AF_XDP {} mode, {} queue{}, addresses {:?} {:?}",
+        device.name,
+        device.index,
+        steering.mode().name(),
+        copy_mode.name(),
+        queues,
+        if queues == 1 { "" } else { "s" },
+        device.v4,
+        device.v6
+    );
+
+    let resolver = neighbours::Resolver::new(device.index);
+    let backends = neighbours::backends(&tables);
+    let hasher = flow::Hasher::new(&config.hash_key);
+    let snapshot = |resolution: &neighbours::Resolution| Snapshot {
+        tables: Arc::clone(&tables),
+        neighbours: resolution.view(),
+        mac: ethernet::Address(device.mac),
+        local_v4: device.v4.iter().map(|a| a.octets()).collect(),
+        local_v6: device.v6.iter().map(|a| a.octets()).collect(),
+        vlan: config.vlan,
+        hasher: hasher.clone(),
+    };
+    let mut resolution = resolve(&resolver, &backends, None);
+    let shared = Arc::new(Shared::new(snapshot(&resolution)));
+    let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
+
+    let workers = start_workers(config, sockets, &shared, &stats)?;
+    let mut control = Control {
+        resolver,
+        backends,
+        last_refresh: Instant::now(),
+        last_stats: Instant::now(),
+    };
+    let probes_for = |r: &neighbours::Resolution, c: &mut Control| {
+        let now = Instant::now();
+        for &b in &r.unresolved {
+            c.resolver.probe(b, now);
+        }
+    };
+    probes_for(&resolution, &mut control);
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        let mut missed = false;
+        while let Some(backend) = shared.misses.pop() {
+            missed = true;
+            control.resolver.probe(backend, Instant::now());
+        }
+        let every = if resolution.unresolved.is_empty() && !missed {
+            REFRESH
+        } else {
+            REFRESH_PENDING
+        };
+        if control.last_refresh.elapsed() >= every {
+            control.last_refresh = Instant::now();
+            let next = resolve(&control.resolver, &control.backends, Some(&resolution));
+            if next != resolution {
+                shared.snapshot.store(Arc::new(snapshot(&next)));
+                resolution = next;
+            }
+            probes_for(&resolution, &mut control);
+        }
+        if let Some(interval) = config.forwarder.stats_interval
+            && control.last_stats.elapsed() >= interval
+        {
+            control.last_stats = Instant::now();
+            log_stats(&stats, &tables);
+        }
+    }
+
+    log::info!("stopping: draining {} worker(s)", workers.len());
+    shared.stop.store(true, Ordering::Relaxed);
+    for (queue, handle) in workers.into_iter().enumerate() {
+        if handle.join().is_err() {
+            log::error!("worker {queue} panicked");
+        }
+    }
+    log_stats(&stats, &tables);
+    // Sockets went with their workers; now the program and the TAP device.
+    drop(steering);
+    drop(host);
+    log::info!("stopped; {} left as it was found", device.name);
+    Ok(())
+}
+
+struct Control {
+    resolver: neighbours::Resolver,
+    backends: Vec<std::net::IpAddr>,
+    last_refresh: Instant,
+    last_stats: Instant,
+}
+
+/// A program of ours left by a crash is removed; anyone else's is an error.
+fn clear_leftover(device: &netlink::Device) -> Result<(), Error> {
+    let Some(attached) = device.xdp else {
+        return Ok(());
+    };
+    let name = xdp::program_name(attached.prog_id).unwrap_or_default();
+    if name != xdp::PROGRAM_NAME {
+        return Err(Error::ForeignProgram {
+            device: device.name.clone(),
+            name,
+            id: attached.prog_id,
+        });
+    }
+    netlink::detach_xdp(device.index, attached.mode).map_err(|e| Error::Busy {
+        device: device.name.clone(),
+        id: attached.prog_id,
+        message: e.to_string(),
+    })?;
+    log::info!(
+        "removed a leftover rusty_rail XDP program (id {}) from {}",
+        attached.prog_id,
+        device.name
+    );
+    Ok(())
+}
+
+/// One socket per queue. Native mode tries zero-copy first (in `auto`),
+/// and says once when it has to copy.
+fn open_sockets(
+    config: &Config,
+    device: &netlink::Device,
+    steering: &mut Steering,
+    queues: u32,
+    host: Option<&Tap>,
+) -> Result<(Vec<Socket>, xsk::Copy), Error> {
+    let ring = config.forwarder.ring_size;
+    let mut copy = match steering.mode() {
+        Mode::Native => xsk::Copy::ZeroCopy,
+        Mode::Generic => xsk::Copy::Copy,
+    };
+    let mut sockets = Vec::new();
+    for queue in 0..queues {
+        let tap = host.and_then(|t| t.try_clone().ok());
+        let socket = match Socket::open(&device.name, queue, ring, copy, tap) {
+            Ok(s) => s,
+            Err(e)
+                if copy == xsk::Copy::ZeroCopy && config.forwarder.xdp_mode != XdpMode::Generic =>
+            {
+                log::info!(
+                    "{e}; {} has no zero-copy AF_XDP, using copy mode",
+                    device.name
+                );
+                copy = xsk::Copy::Copy;
+                let tap = host.and_then(|t| t.try_clone().ok());
+                Socket::open(&device.name, queue, ring, copy, tap)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        steering.register(queue, socket.fd())?;
+        sockets.push(socket);
+    }
+    Ok((sockets, copy))
+}
+
+fn start_workers(
+    config: &Config,
+    sockets: Vec<Socket>,
+    shared: &Arc<Shared>,
+    stats: &Arc<Vec<Stats>>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, Error> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let settings = worker::Settings {
+        batch: config.forwarder.batch,
+        idle: config.forwarder.idle,
+        idle_spin: config.forwarder.idle_spin,
+    };
+    let mut handles = Vec::new();
+    for (i, mut socket) in sockets.into_iter().enumerate() {
+        let queue = i as u32;
+        let core = match &config.forwarder.cores {
+            Some(list) if !list.is_empty() => Some(list[i % list.len()]),
+            _ => (!cores.is_empty()).then(|| cores[i % cores.len()].id),
+        };
+        let shared = Arc::clone(shared);
+        let stats = Arc::clone(stats);
+        let handle = std::thread::Builder::new()
+            .name(format!("rr-worker-{queue}"))
+            .spawn(move || {
+                if let Some(id) = core
+                    && !core_affinity::set_for_current(core_affinity::CoreId { id })
+                {
+                    log::warn!("worker {queue}: cannot pin to core {id}; running unpinned");
+                }
+                worker::run(&mut socket, &shared, &stats[i], settings);
+                socket.drain(Duration::from_millis(200));
+            })
+            .map_err(|e| Error::Worker {
+                queue,
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Reads the next hops; on a netlink failure keeps what it had.
+fn resolve(
+    resolver: &neighbours::Resolver,
+    backends: &[std::net::IpAddr],
+    previous: Option<&neighbours::Resolution>,
+) -> neighbours::Resolution {
+    match resolver.resolve(backends) {
+        Ok(r) => {
+            if previous.is_none_or(|p| p.elsewhere != r.elsewhere) {
+                for (b, oif) in &r.elsewhere {
+                    log::warn!(
+                        "backend {b} is routed out of another device (index {oif}); its flows are dropped as no_neighbour"
+                    );
+                }
+            }
+            r
+        }
+        Err(e) => {
+            log::warn!("cannot read next hops: {e}");
+            previous.cloned().unwrap_or(neighbours::Resolution {
+                entries: Vec::new(),
+                unresolved: backends.to_vec(),
+                elsewhere: Vec::new(),
+            })
+        }
+    }
+}
+
+/// One JSON line on stderr: the totals, then each queue.
+fn log_stats(stats: &[Stats], tables: &Tables) {
+    let per_queue: Vec<Totals> = stats.iter().map(Stats::read).collect();
+    let mut total = Totals::default();
+    for q in &per_queue {
+        total.add(q);
+    }
+    let line = serde_json::json!({
+        "stats": total.to_json(),
+        "queues": per_queue.iter().map(Totals::to_json).collect::<Vec<_>>(),
+        "table_generation": tables.generation(),
+    });
+    eprintln!("{line}");
+}

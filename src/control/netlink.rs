@@ -1,0 +1,1100 @@
+//! Synchronous rtnetlink queries for the control side: device facts, XDP
+//! detach, the neighbour table and next hops.
+//!
+//! Every call opens its own `NETLINK_ROUTE` socket, so it sees the network
+//! namespace of the calling thread. Replies are decoded attribute by
+//! attribute and only the attributes we use are parsed, so a kernel that adds
+//! or changes unrelated attributes cannot break us.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netlink_packet_core::{
+    DecodeError, DefaultNla, ErrorBuffer, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator,
+    Parseable, ParseableParametrized,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressMessageBuffer,
+};
+use netlink_packet_route::link::{
+    LinkAttribute, LinkExtentMask, LinkHeader, LinkMessage, LinkMessageBuffer, LinkXdp, XdpAttached,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourMessageBuffer,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteLwEnCapType, RouteMessage, RouteMessageBuffer,
+    RouteVia,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The netlink socket itself failed (open, bind, send, receive).
+    #[error("netlink socket: {0}")]
+    Io(#[from] io::Error),
+    /// The kernel answered a request with a negative NLMSG_ERROR (or a
+    /// failed dump); `message` is its extended-ack text, when it gave one.
+    #[error("{request} failed: {source}{}", suffix(.message))]
+    Kernel {
+        request: &'static str,
+        source: io::Error,
+        message: Option<String>,
+    },
+    #[error("no such network device: {0}")]
+    NoSuchDevice(String),
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+    #[error("malformed netlink reply: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The errno behind this error, when the socket or the kernel gave one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io(e) | Error::Kernel { source: e, .. } => e.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+fn suffix(message: &Option<String>) -> String {
+    message
+        .as_ref()
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default()
+}
+
+/// What we need to know about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub index: u32,
+    /// All zeros when the device has no 6-byte link-layer address.
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// IFLA_NUM_RX_QUEUES (1 when absent).
+    pub rx_queues: u32,
+    /// IFLA_NUM_TX_QUEUES (1 when absent).
+    pub tx_queues: u32,
+    /// From IFLA_XDP: None when no program is attached.
+    pub xdp: Option<XdpAttachment>,
+    /// Primary IPv4 addresses (secondaries left out), in kernel order.
+    pub v4: Vec<Ipv4Addr>,
+    /// IPv6 addresses except link-local (fe80::/10), in kernel order.
+    pub v6: Vec<Ipv6Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpAttachment {
+    /// For `Multi`: the native program, else the generic one, else offload.
+    pub prog_id: u32,
+    pub mode: XdpMode,
+}
+
+/// IFLA_XDP_ATTACHED: XDP_ATTACHED_DRV / SKB / HW / MULTI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Offload,
+    Multi,
+}
+
+impl XdpMode {
+    /// IFLA_XDP_FLAGS selecting this mode; Multi has none (one mode per request).
+    fn flags(self) -> Option<u32> {
+        match self {
+            XdpMode::Generic => Some(XDP_FLAGS_SKB_MODE),
+            XdpMode::Native => Some(XDP_FLAGS_DRV_MODE),
+            XdpMode::Offload => Some(XDP_FLAGS_HW_MODE),
+            XdpMode::Multi => None,
+        }
+    }
+}
+
+// Kernel UAPI values the crates above do not export.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_FLAGS_HW_MODE: u32 = 1 << 3;
+const IFNAMSIZ: usize = 16;
+const ALTIFNAMSIZ: usize = 128;
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_NEWNEIGH: u16 = 28;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_NUM_TX_QUEUES: u16 = 31;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
+const IFLA_XDP: u16 = 43;
+const IFLA_ALT_IFNAME: u16 = 53;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_VIA: u16 = 18;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSG_HDRLEN: usize = 16;
+const RTN_BLACKHOLE: u8 = 6;
+const RTN_UNREACHABLE: u8 = 7;
+const RTN_PROHIBIT: u8 = 8;
+const RTN_THROW: u8 = 9;
+const USABLE_NUD: u16 = libc::NUD_REACHABLE
+    | libc::NUD_STALE
+    | libc::NUD_DELAY
+    | libc::NUD_PROBE
+    | libc::NUD_PERMANENT
+    | libc::NUD_NOARP;
+/// Retries of a dump the kernel flagged as changed underneath us.
+const DUMP_ATTEMPTS: usize = 3;
+
+/// Looks a device up by name (or altname) and collects its addresses.
+pub fn device(name: &str) -> Result<Device, Error> {
+    // Names the kernel cannot hold cannot exist; asking would give EINVAL.
+    if name.is_empty() || name.len() >= ALTIFNAMSIZ || name.contains('\0') {
+        return Err(Error::NoSuchDevice(name.to_string()));
+    }
+    let mut conn = Conn::open()?;
+    let link = conn.link(LinkKey::Name(name))?;
+    let (v4, v6) = conn.addresses(link.index)?;
+    Ok(Device {
+        name: link.name.unwrap_or_else(|| name.to_string()),
+        index: link.index,
+        mac: link.mac,
+        mtu: link.mtu,
+        rx_queues: link.rx_queues,
+        tx_queues: link.tx_queues,
+        xdp: link.xdp,
+        v4,
+        v6,
+    })
+}
+
+/// Detach whatever XDP program is attached to the device through netlink
+/// (RTM_SETLINK with IFLA_XDP { IFLA_XDP_FD = -1, IFLA_XDP_FLAGS = flags for the mode }).
+/// Used to clear a program left behind by a crashed rusty_rail.
+///
+/// `Multi` detaches every mode that currently has a program. Detaching a
+/// mode with nothing attached succeeds.
+pub fn detach_xdp(index: u32, mode: XdpMode) -> Result<(), Error> {
+    let mut conn = Conn::open()?;
+    let modes = match mode.flags() {
+        Some(_) => vec![mode],
+        // The kernel takes one mode per request, so ask which are in use.
+        None => conn.link(LinkKey::Index(index))?.xdp_modes,
+    };
+    for mode in modes {
+        let Some(flags) = mode.flags() else { continue };
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(flags),
+        ]));
+        conn.request(
+            "RTM_SETLINK (XDP detach)",
+            RouteNetlinkMessage::SetLink(msg),
+            false,
+            |_, _| Ok(()),
+        )
+        .map_err(|e| no_such_device(e, || format!("ifindex {index}")))?;
+    }
+    Ok(())
+}
+
+/// The kernel's neighbour table for one device (RTM_GETNEIGH dump, both families),
+/// only entries with a link-layer address and in a usable state
+/// (NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP).
+pub fn neighbours(index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, Error> {
+    let mut msg = NeighbourMessage::default();
+    // Lets the kernel filter the dump; we filter again for kernels that don't.
+    msg.attributes.push(NeighbourAttribute::IfIndex(index));
+    Conn::open()?.dump(
+        "RTM_GETNEIGH",
+        RouteNetlinkMessage::GetNeighbour(msg),
+        |ty, payload| {
+            if ty == RTM_NEWNEIGH {
+                parse_neighbour(payload, index)
+            } else {
+                Ok(None)
+            }
+        },
+    )
+}
+
+/// The next hop the kernel would use to reach `dst` (RTM_GETROUTE request for that single
+/// destination, like `ip route get`): the gateway if the route has one (RTA_GATEWAY / RTA_VIA), else
+/// `dst` itself (on-link), together with the output interface index (RTA_OIF).
+pub fn next_hop(dst: IpAddr) -> Result<(IpAddr, u32), Error> {
+    let (family, prefix_len) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = prefix_len;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    let mut found = None;
+    let result = Conn::open()?.request(
+        "RTM_GETROUTE",
+        RouteNetlinkMessage::GetRoute(msg),
+        false,
+        |ty, payload| {
+            if ty == RTM_NEWROUTE {
+                found = Some(parse_route(payload, dst)?);
+            }
+            Ok(())
+        },
+    );
+    match result {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+            ) =>
+        {
+            return Err(Error::NoRoute(dst));
+        }
+        Err(e) => return Err(e),
+    }
+    found.ok_or_else(|| Error::Protocol(format!("RTM_GETROUTE for {dst}: no route in reply")))
+}
+
+/// Turns the kernel's ENODEV into `NoSuchDevice`.
+fn no_such_device(e: Error, what: impl FnOnce() -> String) -> Error {
+    if e.raw_os_error() == Some(libc::ENODEV) {
+        Error::NoSuchDevice(what())
+    } else {
+        e
+    }
+}
+
+fn malformed(what: &'static str) -> impl FnOnce(DecodeError) -> Error {
+    move |e| Error::Protocol(format!("{what}: {e}"))
+}
+
+#[derive(Clone, Copy)]
+enum LinkKey<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+/// One RTM_NEWLINK, reduced to what we use.
+struct Link {
+    index: u32,
+    name: Option<String>,
+    mac: [u8; 6],
+    mtu: u32,
+    rx_queues: u32,
+    tx_queues: u32,
+    xdp: Option<XdpAttachment>,
+    /// Every mode that has a program, from the per-mode prog ids.
+    xdp_modes: Vec<XdpMode>,
+}
+
+fn parse_link(payload: &[u8]) -> Result<Link, Error> {
+    let buf = LinkMessageBuffer::new_checked(payload).map_err(malformed("RTM_NEWLINK"))?;
+    let header = LinkHeader::parse(&buf).map_err(malformed("RTM_NEWLINK header"))?;
+    let mut link = Link {
+        index: header.index,
+        name: None,
+        mac: [0; 6],
+        mtu: 0,
+        rx_queues: 1,
+        tx_queues: 1,
+        xdp: None,
+        xdp_modes: Vec::new(),
+    };
+    for nla in buf.attributes() {
+        let nla = nla.map_err(malformed("RTM_NEWLINK attributes"))?;
+        if !matches!(
+            nla.kind(),
+            IFLA_ADDRESS
+                | IFLA_IFNAME
+                | IFLA_MTU
+                | IFLA_NUM_TX_QUEUES
+                | IFLA_NUM_RX_QUEUES
+                | IFLA_XDP
+        ) {
+            continue;
+        }
+        match LinkAttribute::parse_with_param(&nla, header.interface_family)
+            .map_err(malformed("RTM_NEWLINK attribute"))?
+        {
+            LinkAttribute::IfName(name) => link.name = Some(name),
+            LinkAttribute::Address(addr) => {
+                if let Ok(mac) = <[u8; 6]>::try_from(addr.as_slice()) {
+                    link.mac = mac;
+                }
+            }
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::NumRxQueues(n) => link.rx_queues = n,
+            LinkAttribute::NumTxQueues(n) => link.tx_queues = n,
+            LinkAttribute::Xdp(xdp) => (link.xdp, link.xdp_modes) = parse_xdp(&xdp)?,
+            _ => {}
+        }
+    }
+    Ok(link)
+}
+
+fn parse_xdp(attrs: &[LinkXdp]) -> Result<(Option<XdpAttachment>, Vec<XdpMode>), Error> {
+    let (mut attached, mut prog, mut drv, mut skb, mut hw) = (None, None, None, None, None);
+    for attr in attrs {
+        match *attr {
+            LinkXdp::Attached(a) => attached = Some(a),
+            LinkXdp::ProgId(id) => prog = Some(id),
+            LinkXdp::DrvProgId(id) => drv = Some(id),
+            LinkXdp::SkbProgId(id) => skb = Some(id),
+            LinkXdp::HwProgId(id) => hw = Some(id),
+            _ => {}
+        }
+    }
+    let modes = [
+        (drv, XdpMode::Native),
+        (skb, XdpMode::Generic),
+        (hw, XdpMode::Offload),
+    ]
+    .into_iter()
+    .filter_map(|(id, mode)| id.filter(|&id| id != 0).map(|_| mode))
+    .collect();
+    let (mode, id) = match attached {
+        None | Some(XdpAttached::None) => return Ok((None, modes)),
+        Some(XdpAttached::Driver) => (XdpMode::Native, prog.or(drv)),
+        Some(XdpAttached::SocketBuffer) => (XdpMode::Generic, prog.or(skb)),
+        Some(XdpAttached::Hardware) => (XdpMode::Offload, prog.or(hw)),
+        Some(XdpAttached::Multiple) => (XdpMode::Multi, drv.or(skb).or(hw)),
+        Some(other) => {
+            return Err(Error::Protocol(format!(
+                "unknown IFLA_XDP_ATTACHED mode {other:?}"
+            )));
+        }
+    };
+    Ok((
+        Some(XdpAttachment {
+            prog_id: id.unwrap_or(0),
+            mode,
+        }),
+        modes,
+    ))
+}
+
+/// One RTM_NEWADDR on `index`, if it is one we report.
+fn parse_address(payload: &[u8], index: u32) -> Result<Option<IpAddr>, Error> {
+    let buf = AddressMessageBuffer::new_checked(payload).map_err(malformed("RTM_NEWADDR"))?;
+    let header = AddressHeader::parse(&buf).map_err(malformed("RTM_NEWADDR header"))?;
+    if header.index != index || !matches!(header.family, AddressFamily::Inet | AddressFamily::Inet6)
+    {
+        return Ok(None);
+    }
+    let (mut local, mut address) = (None, None);
+    for nla in buf.attributes() {
+        let nla = nla.map_err(malformed("RTM_NEWADDR attributes"))?;
+        if !matches!(nla.kind(), IFA_ADDRESS | IFA_LOCAL) {
+            continue;
+        }
+        match AddressAttribute::parse(&nla).map_err(malformed("RTM_NEWADDR attribute"))? {
+            AddressAttribute::Local(ip) => local = Some(ip),
+            AddressAttribute::Address(ip) => address = Some(ip),
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is ours; IFA_ADDRESS is the peer on point-to-point links.
+    Ok(match local.or(address) {
+        Some(IpAddr::V4(ip)) if !header.flags.contains(AddressHeaderFlags::Secondary) => {
+            Some(IpAddr::V4(ip))
+        }
+        Some(IpAddr::V6(ip)) if !ip.is_unicast_link_local() => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// One RTM_NEWNEIGH on `index`, if usable and with an Ethernet address.
+fn parse_neighbour(payload: &[u8], index: u32) -> Result<Option<(IpAddr, [u8; 6])>, Error> {
+    let buf = NeighbourMessageBuffer::new_checked(payload).map_err(malformed("RTM_NEWNEIGH"))?;
+    let family = AddressFamily::from(buf.family());
+    if buf.ifindex() != index
+        || buf.state() & USABLE_NUD == 0
+        || !matches!(family, AddressFamily::Inet | AddressFamily::Inet6)
+    {
+        return Ok(None);
+    }
+    let (mut ip, mut mac) = (None, None);
+    for nla in buf.attributes() {
+        let nla = nla.map_err(malformed("RTM_NEWNEIGH attributes"))?;
+        if !matches!(nla.kind(), NDA_DST | NDA_LLADDR) {
+            continue;
+        }
+        match NeighbourAttribute::parse_with_param(&nla, family)
+            .map_err(malformed("RTM_NEWNEIGH attribute"))?
+        {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(IpAddr::V6(a)),
+            NeighbourAttribute::LinkLocalAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    Ok(ip.zip(mac))
+}
+
+/// The RTM_NEWROUTE answering a route get for `dst`.
+fn parse_route(payload: &[u8], dst: IpAddr) -> Result<(IpAddr, u32), Error> {
+    let buf = RouteMessageBuffer::new_checked(payload).map_err(malformed("RTM_NEWROUTE"))?;
+    let header = RouteHeader::parse(&buf).map_err(malformed("RTM_NEWROUTE header"))?;
+    if matches!(
+        buf.kind(),
+        RTN_BLACKHOLE | RTN_UNREACHABLE | RTN_PROHIBIT | RTN_THROW
+    ) {
+        return Err(Error::NoRoute(dst));
+    }
+    let (mut oif, mut gateway) = (None, None);
+    for nla in buf.attributes() {
+        let nla = nla.map_err(malformed("RTM_NEWROUTE attributes"))?;
+        if !matches!(nla.kind(), RTA_OIF | RTA_GATEWAY | RTA_VIA) {
+            continue;
+        }
+        let param = (header.address_family, header.kind, RouteLwEnCapType::None);
+        match RouteAttribute::parse_with_param(&nla, param)
+            .map_err(malformed("RTM_NEWROUTE attribute"))?
+        {
+            RouteAttribute::Oif(index) => oif = Some(index),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(a)),
+            RouteAttribute::Via(RouteVia::Inet(a)) => gateway = Some(IpAddr::V4(a)),
+            RouteAttribute::Via(RouteVia::Inet6(a)) => gateway = Some(IpAddr::V6(a)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "route to {dst}: unusable gateway {other:?}"
+                )));
+            }
+        }
+    }
+    let oif = oif.ok_or_else(|| Error::Protocol(format!("route to {dst} has no RTA_OIF")))?;
+    Ok((gateway.unwrap_or(dst), oif))
+}
+
+/// A NETLINK_ROUTE socket talking to the kernel only.
+struct Conn {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// How far one received datagram got us.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    More,
+    /// NLMSG_DONE or the ACK arrived.
+    Finished,
+}
+
+impl Conn {
+    fn open() -> Result<Self, Error> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Best effort: errors echo only the header, plus the kernel's text.
+        if let Err(e) = socket
+            .set_cap_ack(true)
+            .and_then(|()| socket.set_ext_ack(true))
+        {
+            log::debug!("netlink extended ack unavailable: {e}");
+        }
+        Ok(Conn {
+            socket,
+            seq: 0,
+            buf: Vec::with_capacity(32 * 1024),
+        })
+    }
+
+    fn link(&mut self, key: LinkKey<'_>) -> Result<Link, Error> {
+        let mut msg = LinkMessage::default();
+        match key {
+            LinkKey::Index(index) => msg.header.index = index,
+            LinkKey::Name(name) if name.len() < IFNAMSIZ => {
+                msg.attributes.push(LinkAttribute::IfName(name.to_string()))
+            }
+            // Only an altname can be this long; the kernel looks those up
+            // by a top-level IFLA_ALT_IFNAME, which the crate has no variant for.
+            LinkKey::Name(name) => {
+                let mut value = name.as_bytes().to_vec();
+                value.push(0);
+                msg.attributes.push(LinkAttribute::Other(DefaultNla::new(
+                    IFLA_ALT_IFNAME,
+                    value,
+                )));
+            }
+        }
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let mut link = None;
+        self.request(
+            "RTM_GETLINK",
+            RouteNetlinkMessage::GetLink(msg),
+            false,
+            |ty, payload| {
+                if ty == RTM_NEWLINK {
+                    link = Some(parse_link(payload)?);
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| {
+            no_such_device(e, || match key {
+                LinkKey::Name(name) => name.to_string(),
+                LinkKey::Index(index) => format!("ifindex {index}"),
+            })
+        })?;
+        link.ok_or_else(|| Error::Protocol("RTM_GETLINK: no link in reply".into()))
+    }
+
+    fn addresses(&mut self, index: u32) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), Error> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        let all = self.dump(
+            "RTM_GETADDR",
+            RouteNetlinkMessage::GetAddress(msg),
+            |ty, payload| {
+                if ty == RTM_NEWADDR {
+                    parse_address(payload, index)
+                } else {
+                    Ok(None)
+                }
+            },
+        )?;
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for ip in all {
+            match ip {
+                IpAddr::V4(a) => v4.push(a),
+                IpAddr::V6(a) => v6.push(a),
+            }
+        }
+        Ok((v4, v6))
+    }
+
+    /// Runs a dump, retrying when the kernel says it changed underneath us.
+    fn dump<T>(
+        &mut self,
+        request: &'static str,
+        msg: RouteNetlinkMessage,
+        mut parse: impl FnMut(u16, &[u8]) -> Result<Option<T>, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let mut attempt = 1;
+        loop {
+            let mut out = Vec::new();
+            let interrupted = self.request(request, msg.clone(), true, |ty, payload| {
+                out.extend(parse(ty, payload)?);
+                Ok(())
+            })?;
+            if !interrupted || attempt == DUMP_ATTEMPTS {
+                if interrupted {
+                    log::warn!(
+                        "{request}: table kept changing during the dump; using the last one"
+                    );
+                }
+                return Ok(out);
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Sends one request and hands each reply to `each` until NLMSG_DONE
+    /// (dump) or the ACK. Returns whether the kernel flagged the dump as
+    /// interrupted.
+    fn request(
+        &mut self,
+        request: &'static str,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+        mut each: impl FnMut(u16, &[u8]) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut out = vec![0; packet.buffer_len()];
+        packet.serialize(&mut out);
+        let sent = retry_eintr(|| self.socket.send(&out, 0))?;
+        if sent != out.len() {
+            return Err(Error::Protocol(format!(
+                "{request}: sent {sent} of {} bytes",
+                out.len()
+            )));
+        }
+        let mut interrupted = false;
+        loop {
+            self.recv()?;
+            if walk(&self.buf, self.seq, request, &mut interrupted, &mut each)? == Flow::Finished {
+                return Ok(interrupted);
+            }
+        }
+    }
+
+    /// Receives one whole datagram into `self.buf`.
+    fn recv(&mut self) -> Result<(), Error> {
+        self.buf.clear();
+        // Peek first so a datagram larger than the buffer is never cut short.
+        let len = retry_eintr(|| {
+            self.socket
+                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC)
+        })?;
+        self.buf.clear();
+        self.buf.reserve(len);
+        let got = retry_eintr(|| self.socket.recv(&mut self.buf, 0))?;
+        if got != self.buf.len() {
+            return Err(Error::Protocol(format!(
+                "datagram of {got} bytes truncated to {}",
+                self.buf.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Walks the netlink messages of one datagram, passing ours (by `seq`) to
+/// `each` until the reply ends.
+fn walk(
+    mut rest: &[u8],
+    seq: u32,
+    request: &'static str,
+    interrupted: &mut bool,
+    each: &mut impl FnMut(u16, &[u8]) -> Result<(), Error>,
+) -> Result<Flow, Error> {
+    while !rest.is_empty() {
+        let msg = NetlinkBuffer::new_checked(rest).map_err(malformed("netlink message"))?;
+        // new_checked guarantees NLMSG_HDRLEN <= length <= rest.len().
+        let len = msg.length() as usize;
+        let payload = msg.payload();
+        if msg.sequence_number() == seq {
+            *interrupted |= msg.flags() & NLM_F_DUMP_INTR != 0;
+            match msg.message_type() {
+                NLMSG_NOOP => {}
+                NLMSG_ERROR => {
+                    let err =
+                        ErrorBuffer::new_checked(payload).map_err(malformed("NLMSG_ERROR"))?;
+                    return match err.code() {
+                        None => Ok(Flow::Finished),
+                        Some(code) => Err(Error::Kernel {
+                            request,
+                            source: io::Error::from_raw_os_error(code.get().saturating_abs()),
+                            message: ext_ack(err.payload(), msg.flags()),
+                        }),
+                    };
+                }
+                NLMSG_DONE => {
+                    // A dump that failed midway carries a negative errno here.
+                    let code = payload
+                        .first_chunk::<4>()
+                        .map_or(0, |b| i32::from_ne_bytes(*b));
+                    if code < 0 {
+                        let message = payload
+                            .get(4..)
+                            .and_then(|tlvs| ext_ack_tlvs(tlvs, msg.flags()));
+                        return Err(Error::Kernel {
+                            request,
+                            source: io::Error::from_raw_os_error(code.saturating_abs()),
+                            message,
+                        });
+                    }
+                    return Ok(Flow::Finished);
+                }
+                NLMSG_OVERRUN => {
+                    return Err(Error::Protocol(format!("{request}: NLMSG_OVERRUN")));
+                }
+                ty => each(ty, payload)?,
+            }
+        } else {
+            log::debug!(
+                "{request}: ignoring netlink message with seq {} (want {seq})",
+                msg.sequence_number()
+            );
+        }
+        // Messages are 4-byte aligned; the last one may lack its padding.
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(Flow::More)
+}
+
+/// The extended-ack text of an NLMSG_ERROR payload after its errno: the
+/// echoed request (just its header when NLM_F_CAPPED), then TLVs.
+fn ext_ack(echoed: &[u8], flags: u16) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let len = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        NetlinkBuffer::new_checked(echoed).ok()?.length() as usize
+    };
+    ext_ack_tlvs(echoed.get(len.next_multiple_of(4)..)?, flags)
+}
+
+fn ext_ack_tlvs(tlvs: &[u8], flags: u16) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    NlasIterator::new(tlvs)
+        .map_while(Result::ok)
+        .find(|nla: &NlaBuffer<&[u8]>| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            String::from_utf8_lossy(nla.value())
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .filter(|m| !m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn lo_index() -> u32 {
+        device("lo").expect("lo exists").index
+    }
+
+    #[test]
+    fn loopback_has_an_index_mtu_127_0_0_1_and_no_xdp() {
+        let lo = device("lo").unwrap();
+        assert_eq!(lo.name, "lo");
+        assert!(lo.index > 0);
+        assert!(lo.mtu > 0);
+        assert!(lo.rx_queues >= 1 && lo.tx_queues >= 1);
+        assert!(lo.v4.contains(&Ipv4Addr::LOCALHOST), "{lo:?}");
+        assert_eq!(lo.xdp, None);
+    }
+
+    #[test]
+    fn unknown_names_are_no_such_device() {
+        let long = "x".repeat(200);
+        for name in [
+            "rrnl-no-such",
+            "rrnl-no-such-altname-0123",
+            "",
+            &long,
+            "a\0b",
+        ] {
+            match device(name) {
+                Err(Error::NoSuchDevice(n)) => assert_eq!(n, name),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn next_hop_of_127_0_0_1_is_itself_via_lo() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(next_hop(lo).unwrap(), (lo, lo_index()));
+    }
+
+    #[test]
+    fn neighbours_of_lo_is_ok() {
+        neighbours(lo_index()).unwrap();
+    }
+
+    // Synthetic replies: the walker must turn anything into a result, not a panic.
+
+    fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize(len.next_multiple_of(4), 0);
+        m
+    }
+
+    fn walk_all(buf: &[u8], seq: u32) -> (Result<Flow, Error>, Vec<u16>) {
+        let mut seen = Vec::new();
+        let mut interrupted = false;
+        let flow = walk(buf, seq, "test", &mut interrupted, &mut |ty, _| {
+            seen.push(ty);
+            Ok(())
+        });
+        (flow, seen)
+    }
+
+    #[test]
+    fn negative_nlmsg_error_becomes_kernel_error_with_errno_and_ext_ack() {
+        let mut payload = (-libc::EBUSY).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&[0; NLMSG_HDRLEN]);
+        let text = b"Can't replace active BPF XDP link\0";
+        let nla_len = 4 + text.len();
+        payload.extend_from_slice(&(nla_len as u16).to_ne_bytes());
+        payload.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        payload.extend_from_slice(text);
+        let buf = message(NLMSG_ERROR, NLM_F_CAPPED | NLM_F_ACK_TLVS, 7, &payload);
+        let (flow, _) = walk_all(&buf, 7);
+        let err = flow.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+        match err {
+            Error::Kernel { message, .. } => {
+                assert_eq!(
+                    message.as_deref(),
+                    Some("Can't replace active BPF XDP link")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_nlmsg_error_is_an_ack_and_ends_the_reply() {
+        let mut buf = message(RTM_NEWLINK, 0, 3, &[0; 16]);
+        buf.extend(message(NLMSG_ERROR, 0, 3, &[0; 4 + NLMSG_HDRLEN]));
+        let (flow, seen) = walk_all(&buf, 3);
+        assert_eq!(flow.unwrap(), Flow::Finished);
+        assert_eq!(seen, [RTM_NEWLINK]);
+    }
+
+    #[test]
+    fn other_sequence_numbers_are_ignored_and_done_ends_a_dump() {
+        let mut buf = message(RTM_NEWADDR, 0, 1, &[0; 8]);
+        buf.extend(message(RTM_NEWADDR, 0, 2, &[0; 8]));
+        let (flow, seen) = walk_all(&buf, 2);
+        assert_eq!(flow.unwrap(), Flow::More);
+        assert_eq!(seen, [RTM_NEWADDR]);
+        let (flow, _) = walk_all(&message(NLMSG_DONE, 0, 2, &[0; 4]), 2);
+        assert_eq!(flow.unwrap(), Flow::Finished);
+        let (flow, _) = walk_all(&message(NLMSG_DONE, 0, 2, &(-libc::EINTR).to_ne_bytes()), 2);
+        assert_eq!(flow.unwrap_err().raw_os_error(), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn truncated_or_garbled_replies_are_errors_not_panics() {
+        let good = message(RTM_NEWLINK, 0, 1, &[0; 16]);
+        for cut in 1..good.len() {
+            let _ = walk_all(&good[..cut], 1);
+        }
+        let mut lying = good.clone();
+        lying[..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(matches!(walk_all(&lying, 1).0, Err(Error::Protocol(_))));
+        assert!(matches!(walk_all(&[0xff; 3], 1).0, Err(Error::Protocol(_))));
+        assert!(matches!(
+            walk_all(&message(NLMSG_ERROR, 0, 1, &[1]), 1).0,
+            Err(Error::Protocol(_))
+        ));
+        // Payload parsers on short or junk input.
+        for payload in [&[][..], &[0; 3], &[0xff; 40]] {
+            let _ = parse_link(payload);
+            let _ = parse_address(payload, 1);
+            let _ = parse_neighbour(payload, 1);
+            let _ = parse_route(payload, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+    }
+
+    // Namespace tests: everything is created inside a namespace the test made.
+
+    fn effective_uid() -> Option<u32> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    }
+
+    /// A named network namespace, deleted (by its exact name) on drop.
+    struct Netns {
+        name: String,
+    }
+
+    impl Netns {
+        /// None (after printing why) when the test has to be skipped.
+        fn create() -> Option<Netns> {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            if effective_uid() != Some(0) {
+                println!("skipped: needs root (network namespaces)");
+                return None;
+            }
+            let name = format!(
+                "rrnl{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            match Command::new("ip").args(["netns", "add", &name]).output() {
+                Ok(out) if out.status.success() => Some(Netns { name }),
+                Ok(out) => {
+                    println!(
+                        "skipped: cannot create a network namespace: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    None
+                }
+                Err(e) => {
+                    println!("skipped: cannot run ip: {e}");
+                    None
+                }
+            }
+        }
+
+        /// `ip -n NAME args...`, which must succeed.
+        fn ip(&self, args: &[&str]) {
+            let out = Command::new("ip")
+                .arg("-n")
+                .arg(&self.name)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// Runs `f` on a thread that has entered the namespace.
+        fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let path = format!("/run/netns/{}", self.name);
+            std::thread::spawn(move || {
+                let ns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.name])
+                .status();
+        }
+    }
+
+    /// A veth pair rr0/rr1, both up, 10.99.0.1/24 (+ secondary 10.99.0.3)
+    /// and 2001:db8:99::1/64 on rr0.
+    fn veth(ns: &Netns) {
+        ns.ip(&["link", "add", "rr0", "type", "veth", "peer", "name", "rr1"]);
+        ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "rr0"]);
+        ns.ip(&["addr", "add", "10.99.0.3/24", "dev", "rr0"]);
+        ns.ip(&["addr", "add", "2001:db8:99::1/64", "dev", "rr0", "nodad"]);
+        ns.ip(&["link", "set", "rr0", "up"]);
+        ns.ip(&["link", "set", "rr1", "up"]);
+        ns.ip(&[
+            "link",
+            "property",
+            "add",
+            "dev",
+            "rr0",
+            "altname",
+            "rr0-long-alternative",
+        ]);
+    }
+
+    #[test]
+    fn veth_in_namespace_shows_addresses_neighbours_and_next_hops() {
+        let Some(ns) = Netns::create() else { return };
+        veth(&ns);
+        let mac = "02:00:00:00:00:02";
+        ns.ip(&[
+            "neigh",
+            "add",
+            "10.99.0.2",
+            "lladdr",
+            mac,
+            "dev",
+            "rr0",
+            "nud",
+            "permanent",
+        ]);
+        ns.ip(&[
+            "neigh",
+            "add",
+            "2001:db8:99::2",
+            "lladdr",
+            mac,
+            "dev",
+            "rr0",
+            "nud",
+            "permanent",
+        ]);
+        ns.ip(&["route", "add", "10.98.0.0/16", "via", "10.99.0.2"]);
+        ns.ip(&["route", "add", "2001:db8:98::/48", "via", "2001:db8:99::2"]);
+        ns.run(|| {
+            let dev = device("rr0").unwrap();
+            assert_eq!(
+                dev.v4,
+                [Ipv4Addr::new(10, 99, 0, 1)],
+                "secondaries are left out"
+            );
+            let v6: Ipv6Addr = "2001:db8:99::1".parse().unwrap();
+            assert_eq!(dev.v6, [v6], "link-local is left out");
+            assert_ne!(dev.mac, [0; 6]);
+            assert!(dev.rx_queues >= 1 && dev.tx_queues >= 1);
+            assert_eq!(dev.mtu, 1500);
+            assert_eq!(dev.xdp, None);
+            let by_altname = device("rr0-long-alternative").unwrap();
+            assert_eq!(
+                (by_altname.index, by_altname.name.as_str()),
+                (dev.index, "rr0")
+            );
+            let peer = device("rr1").unwrap();
+            assert_ne!(peer.index, dev.index);
+            assert!(peer.v4.is_empty());
+
+            let mac = [2, 0, 0, 0, 0, 2];
+            let gw4 = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2));
+            let gw6 = IpAddr::V6("2001:db8:99::2".parse().unwrap());
+            let neigh = neighbours(dev.index).unwrap();
+            assert!(neigh.contains(&(gw4, mac)), "{neigh:?}");
+            assert!(neigh.contains(&(gw6, mac)), "{neigh:?}");
+            // rr1 may hold NOARP multicast entries, but not rr0's neighbours.
+            let other = neighbours(peer.index).unwrap();
+            assert!(other.iter().all(|(ip, _)| ip.is_multicast()), "{other:?}");
+
+            let far4 = IpAddr::V4(Ipv4Addr::new(10, 98, 1, 1));
+            assert_eq!(next_hop(far4).unwrap(), (gw4, dev.index));
+            assert_eq!(next_hop(gw4).unwrap(), (gw4, dev.index));
+            let far6 = IpAddr::V6("2001:db8:98::1".parse().unwrap());
+            assert_eq!(next_hop(far6).unwrap(), (gw6, dev.index));
+            assert_eq!(next_hop(gw6).unwrap(), (gw6, dev.index));
+            // No default route in a fresh namespace.
+            let nowhere = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+            assert!(matches!(next_hop(nowhere), Err(Error::NoRoute(ip)) if ip == nowhere));
+        });
+    }
+
+    #[test]
+    fn detach_xdp_without_a_program_succeeds() {
+        let Some(ns) = Netns::create() else { return };
+        veth(&ns);
+        ns.run(|| {
+            let index = device("rr0").unwrap().index;
+            for mode in [XdpMode::Native, XdpMode::Generic, XdpMode::Multi] {
+                detach_xdp(index, mode).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            }
+            assert_eq!(device("rr0").unwrap().xdp, None);
+            // An index nothing has in this fresh namespace.
+            for mode in [XdpMode::Native, XdpMode::Multi] {
+                assert!(matches!(
+                    detach_xdp(999_999, mode),
+                    Err(Error::NoSuchDevice(_))
+                ));
+            }
+        });
+    }
+}

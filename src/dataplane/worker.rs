@@ -1,0 +1,252 @@
+//! The per-core busy-poll loop, generic over the packet I/O backend.
+//!
+//! A worker loads the current [`Snapshot`] once per batch (lock-free,
+//! through `arc-swap`), runs [`process`] on every frame of the batch and
+//! lets the [`Port`] move each frame by its verdict. It publishes its
+//! counters after every batch. It never allocates, locks, logs or blocks,
+//! except that an adaptive worker with nothing to do sleeps in the port's
+//! `wait` until traffic returns.
+
+use super::{Context, Counters, DropReason, Verdict, flow, neighbours, process};
+use crate::config::Idle;
+use crate::dataplane::Tables;
+use crate::wire::ethernet;
+use arc_swap::ArcSwap;
+use core::net::IpAddr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a worker reads, swapped as one: a worker never sees tables
+/// from one generation and neighbours from another.
+pub struct Snapshot {
+    pub tables: Arc<Tables>,
+    pub neighbours: neighbours::Static,
+    pub mac: ethernet::Address,
+    pub local_v4: Vec<[u8; 4]>,
+    pub local_v6: Vec<[u8; 16]>,
+    pub vlan: Option<u16>,
+    pub hasher: flow::Hasher,
+}
+
+impl Snapshot {
+    fn context(&self) -> Context<'_, neighbours::Static> {
+        Context {
+            mac: self.mac,
+            local_v4: &self.local_v4,
+            local_v6: &self.local_v6,
+            vlan: self.vlan,
+            hasher: &self.hasher,
+            tables: &self.tables,
+            neighbours: &self.neighbours,
+        }
+    }
+}
+
+/// What the control thread and the workers share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Set by the control thread to make every worker return.
+    pub stop: AtomicBool,
+    /// Backends whose next hop was missing; the control thread resolves
+    /// them. Full means a resolution is already pending: the miss is
+    /// still counted, just not queued twice.
+    pub misses: ArrayQueue<IpAddr>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stop: AtomicBool::new(false),
+            misses: ArrayQueue::new(256),
+        }
+    }
+}
+
+/// Frames a port could not place, counted by the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortDrops {
+    /// `Forward` frames dropped because the TX ring was full.
+    pub tx_full: u64,
+    /// `ToHost` frames the host path could not take.
+    pub host_failed: u64,
+}
+
+/// A packet I/O backend as the worker loop sees it.
+pub trait Port {
+    /// Takes up to `max` received frames, asks `decide` for each verdict
+    /// (after which a `Forward` frame has been rewritten in place) and
+    /// queues it: `Forward` to transmit on the same device, `ToHost` to
+    /// the host stack, `Drop` back to the free frames. Also reaps
+    /// transmitted frames and refills the receive side. Returns how many
+    /// frames were taken.
+    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, decide: F) -> usize;
+
+    /// Sleeps until frames may have arrived or `timeout` has passed.
+    fn wait(&mut self, timeout: Duration);
+
+    /// Frames dropped by the port since the last call.
+    fn take_drops(&mut self) -> PortDrops;
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub batch: usize,
+    pub idle: Idle,
+    /// How long an adaptive worker spins on empty rings before sleeping.
+    pub idle_spin: Duration,
+}
+
+/// How long one idle sleep lasts at most, so a stop is noticed.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// One worker's counters, readable by the control thread. Each worker is
+/// the only writer of its own, and they sit on their own cache lines so
+/// workers never contend.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: CachePadded<StatsInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    rx: AtomicU64,
+    tx: AtomicU64,
+    to_host: AtomicU64,
+    dropped: [AtomicU64; DropReason::COUNT],
+    tx_full: AtomicU64,
+    host_failed: AtomicU64,
+    /// Batches polled, busy or idle: advances while the worker is alive.
+    polls: AtomicU64,
+}
+
+/// A copy of one worker's counters (or their sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub rx: u64,
+    /// Frames handed to the TX ring.
+    pub tx: u64,
+    pub to_host: u64,
+    pub dropped: [u64; DropReason::COUNT],
+    pub tx_full: u64,
+    pub host_failed: u64,
+    pub polls: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: &Totals) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.to_host += other.to_host;
+        for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
+            *a += b;
+        }
+        self.tx_full += other.tx_full;
+        self.host_failed += other.host_failed;
+        self.polls += other.polls;
+    }
+
+    /// One JSON object, e.g. for the periodic stats line.
+    pub fn to_json(&self) -> serde_json::Value {
+        let dropped: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), self.dropped[*r as usize].into()))
+            .chain([
+                ("tx_ring_full".to_string(), self.tx_full.into()),
+                ("to_host_failed".to_string(), self.host_failed.into()),
+            ])
+            .collect();
+        serde_json::json!({
+            "rx": self.rx,
+            "tx": self.tx,
+            "to_host": self.to_host,
+            "dropped": dropped,
+        })
+    }
+}
+
+impl Stats {
+    /// Adds a batch. Single writer, so a plain load and store suffice
+    /// (no locked read-modify-write on the hot path).
+    #[inline]
+    fn publish(&self, batch: &Counters, port: PortDrops) {
+        let s = &*self.inner;
+        let bump = |counter: &AtomicU64, n: u64| {
+            if n != 0 {
+                counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+            }
+        };
+        bump(&s.rx, batch.rx);
+        bump(&s.tx, batch.forwarded.saturating_sub(port.tx_full));
+        bump(&s.to_host, batch.to_host);
+        for (counter, n) in s.dropped.iter().zip(batch.dropped) {
+            bump(counter, n);
+        }
+        bump(&s.tx_full, port.tx_full);
+        bump(&s.host_failed, port.host_failed);
+        bump(&s.polls, 1);
+    }
+
+    pub fn read(&self) -> Totals {
+        let s = &*self.inner;
+        let mut dropped = [0; DropReason::COUNT];
+        for (d, counter) in dropped.iter_mut().zip(&s.dropped) {
+            *d = counter.load(Relaxed);
+        }
+        Totals {
+            rx: s.rx.load(Relaxed),
+            tx: s.tx.load(Relaxed),
+            to_host: s.to_host.load(Relaxed),
+            dropped,
+            tx_full: s.tx_full.load(Relaxed),
+            host_failed: s.host_failed.load(Relaxed),
+            polls: s.polls.load(Relaxed),
+        }
+    }
+}
+
+/// Runs until `shared.stop` is set.
+pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Settings) {
+    let batch = settings.batch.max(1);
+    let mut idle_since: Option<Instant> = None;
+    while !shared.stop.load(Relaxed) {
+        let snapshot = shared.snapshot.load();
+        let ctx = snapshot.context();
+        let mut counters = Counters::default();
+        let n = port.poll(batch, |frame| {
+            let outcome = process(frame, &ctx);
+            counters.record(outcome.verdict);
+            if let (Verdict::Drop(DropReason::NoNeighbour), Some(backend)) =
+                (outcome.verdict, outcome.backend)
+            {
+                // Never blocks: a full queue means resolutions are pending.
+                let _ = shared.misses.push(backend);
+            }
+            outcome.verdict
+        });
+        stats.publish(&counters, port.take_drops());
+        drop(snapshot);
+        if n > 0 {
+            idle_since = None;
+            continue;
+        }
+        match settings.idle {
+            Idle::Spin => core::hint::spin_loop(),
+            Idle::Adaptive => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= settings.idle_spin {
+                    port.wait(MAX_SLEEP);
+                } else {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

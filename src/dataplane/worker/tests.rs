@@ -1,0 +1,299 @@
+use super::*;
+use crate::dataplane::Service;
+use crate::maglev::Backend;
+use etherparse::{IpNumber, PacketBuilder};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+const KEY: [u8; 16] = [3; 16];
+const NODE: [u8; 4] = [10, 9, 0, 1];
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// A GRE frame to the node carrying UDP flow `i`, built with etherparse.
+fn frame(i: u32) -> Vec<u8> {
+    let mut inner = Vec::new();
+    PacketBuilder::ipv4([192, 0, 2, (i % 250) as u8], [198, 51, 100, 7], 64)
+        .udp(1024 + (i % 60000) as u16, 443)
+        .write(&mut inner, b"payload")
+        .unwrap();
+    let mut gre = vec![0, 0, 0x08, 0x00];
+    gre.extend_from_slice(&inner);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], NODE_MAC)
+        .ipv4([10, 9, 0, 200], NODE, 64)
+        .write(&mut out, IpNumber(47), &gre)
+        .unwrap();
+    out
+}
+
+/// The MAC we give each backend's neighbour entry: it names the backend,
+/// so a frame readdressed from one snapshot and re-MACed from another
+/// would show.
+fn mac_of(addr: IpAddr) -> ethernet::Address {
+    match addr {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            ethernet::Address([2, 0xbb, o[0], o[1], o[2], o[3]])
+        }
+        IpAddr::V6(_) => ethernet::Address([2, 0xbb, 0, 0, 0, 0]),
+    }
+}
+
+fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
+    let set: Vec<Backend> = backends
+        .iter()
+        .map(|a| Backend {
+            addr: a.parse().unwrap(),
+            weight: 1,
+        })
+        .collect();
+    let tables = Tables::new(
+        generation,
+        Some(Service::build(None, &set, &KEY, 251).unwrap()),
+        Vec::new(),
+    )
+    .unwrap();
+    Snapshot {
+        tables: Arc::new(tables),
+        neighbours: neighbours::Static::new(
+            set.iter().map(|b| (b.addr, mac_of(b.addr))).collect(),
+            None,
+        ),
+        mac: ethernet::Address(NODE_MAC),
+        local_v4: vec![NODE],
+        local_v6: Vec::new(),
+        vlan: None,
+        hasher: flow::Hasher::new(&KEY),
+    }
+}
+
+/// The backend `snapshot` gives flow `i`.
+fn expected(snapshot: &Snapshot, i: u32) -> Ipv4Addr {
+    let mut f = frame(i);
+    let outcome = process(&mut f, &snapshot.context());
+    assert_eq!(outcome.verdict, Verdict::Forward);
+    match outcome.backend {
+        Some(IpAddr::V4(a)) => a,
+        other => panic!("flow {i}: {other:?}"),
+    }
+}
+
+/// An in-memory port: hands out `total` frames cycling over `flows`
+/// flows, keeps every forwarded frame with its flow number, and stops the
+/// worker when done.
+struct MemPort {
+    flows: u32,
+    next: u32,
+    total: u32,
+    forwarded: Vec<(u32, Vec<u8>)>,
+    to_host: usize,
+    dropped: usize,
+    shared: Arc<Shared>,
+    drops: PortDrops,
+}
+
+impl Port for MemPort {
+    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
+        let n = max.min((self.total - self.next) as usize);
+        for _ in 0..n {
+            let i = self.next % self.flows;
+            self.next += 1;
+            let mut f = frame(i);
+            match decide(&mut f) {
+                Verdict::Forward => self.forwarded.push((i, f)),
+                Verdict::ToHost => self.to_host += 1,
+                Verdict::Drop(_) => self.dropped += 1,
+            }
+        }
+        if self.next == self.total {
+            self.shared.stop.store(true, Relaxed);
+        }
+        n
+    }
+
+    fn wait(&mut self, _: Duration) {}
+
+    fn take_drops(&mut self) -> PortDrops {
+        std::mem::take(&mut self.drops)
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        batch: 32,
+        idle: Idle::Adaptive,
+        idle_spin: Duration::from_micros(100),
+    }
+}
+
+#[test]
+fn every_frame_forwarded_during_swaps_matches_one_whole_snapshot() {
+    const FLOWS: u32 = 512;
+    const TOTAL: u32 = 300_000;
+    let a = snapshot(1, &["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+    let b = snapshot(2, &["10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4"]);
+    let want_a: Vec<Ipv4Addr> = (0..FLOWS).map(|i| expected(&a, i)).collect();
+    let want_b: Vec<Ipv4Addr> = (0..FLOWS).map(|i| expected(&b, i)).collect();
+    let (a, b) = (Arc::new(a), Arc::new(b));
+
+    let shared = Arc::new(Shared::new(snapshot(
+        1,
+        &["10.1.0.1", "10.1.0.2", "10.1.0.3"],
+    )));
+    let stats = Arc::new(Stats::default());
+    let port = Arc::new(Mutex::new(MemPort {
+        flows: FLOWS,
+        next: 0,
+        total: TOTAL,
+        forwarded: Vec::new(),
+        to_host: 0,
+        dropped: 0,
+        shared: Arc::clone(&shared),
+        drops: PortDrops::default(),
+    }));
+    let worker = {
+        let (shared, stats, port) = (Arc::clone(&shared), Arc::clone(&stats), Arc::clone(&port));
+        std::thread::spawn(move || {
+            let mut port = port.lock().unwrap();
+            run(&mut *port, &shared, &stats, settings());
+        })
+    };
+    // The control side: whole-snapshot swaps, as fast as it can, until the
+    // worker has seen every frame.
+    let mut swaps = 0u64;
+    while !shared.stop.load(Relaxed) {
+        let next = if swaps.is_multiple_of(2) { &b } else { &a };
+        shared.snapshot.store(Arc::clone(next));
+        swaps += 1;
+        std::thread::yield_now();
+    }
+    worker.join().unwrap();
+
+    let port = port.lock().unwrap();
+    assert_eq!(port.forwarded.len(), TOTAL as usize);
+    assert_eq!((port.to_host, port.dropped), (0, 0));
+    let (mut from_a, mut from_b) = (0, 0);
+    for (i, f) in &port.forwarded {
+        let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+        let in_a = dst == want_a[*i as usize];
+        let in_b = dst == want_b[*i as usize];
+        assert!(in_a || in_b, "flow {i} went to {dst}: in neither table");
+        assert_eq!(
+            &f[0..6],
+            &mac_of(dst.into()).0,
+            "flow {i}: MAC of another snapshot"
+        );
+        from_a += usize::from(in_a);
+        from_b += usize::from(in_b);
+    }
+    assert!(swaps > 10, "only {swaps} swaps");
+    assert!(
+        from_a > 0 && from_b > 0,
+        "a {from_a}, b {from_b}: the swap was not seen"
+    );
+    let totals = stats.read();
+    assert_eq!((totals.rx, totals.tx), (TOTAL as u64, TOTAL as u64));
+}
+
+#[test]
+fn counters_add_up_per_verdict_and_port_drops() {
+    let stats = Stats::default();
+    let mut batch = Counters::default();
+    batch.record(Verdict::Forward);
+    batch.record(Verdict::Forward);
+    batch.record(Verdict::Forward);
+    batch.record(Verdict::ToHost);
+    batch.record(Verdict::Drop(DropReason::NoBackend));
+    stats.publish(
+        &batch,
+        PortDrops {
+            tx_full: 1,
+            host_failed: 1,
+        },
+    );
+    stats.publish(&batch, PortDrops::default());
+    let t = stats.read();
+    assert_eq!((t.rx, t.tx, t.to_host), (10, 5, 2));
+    assert_eq!(t.dropped[DropReason::NoBackend as usize], 2);
+    assert_eq!((t.tx_full, t.host_failed, t.polls), (1, 1, 2));
+    let json = t.to_json();
+    assert_eq!(json["dropped"]["tx_ring_full"], 1);
+    assert_eq!(json["dropped"]["no_backend"], 2);
+    assert_eq!(json["tx"], 5);
+}
+
+#[test]
+fn missing_next_hop_queues_the_backend_and_counts_no_neighbour() {
+    let mut s = snapshot(1, &["10.1.0.1"]);
+    s.neighbours = neighbours::Static::new(Vec::new(), None);
+    let shared = Arc::new(Shared::new(s));
+    let stats = Stats::default();
+    let mut port = MemPort {
+        flows: 4,
+        next: 0,
+        total: 8,
+        forwarded: Vec::new(),
+        to_host: 0,
+        dropped: 0,
+        shared: Arc::clone(&shared),
+        drops: PortDrops::default(),
+    };
+    run(&mut port, &shared, &stats, settings());
+    assert_eq!(port.dropped, 8);
+    assert_eq!(stats.read().dropped[DropReason::NoNeighbour as usize], 8);
+    assert_eq!(shared.misses.pop(), Some("10.1.0.1".parse().unwrap()));
+}
+
+/// A port that has nothing for a while, then one frame; counts its sleeps.
+struct IdlePort {
+    empty_polls: u32,
+    sleeps: u32,
+    got: Option<Vec<u8>>,
+    shared: Arc<Shared>,
+}
+
+impl Port for IdlePort {
+    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, _: usize, mut decide: F) -> usize {
+        if self.empty_polls > 0 {
+            self.empty_polls -= 1;
+            return 0;
+        }
+        let mut f = frame(1);
+        assert_eq!(decide(&mut f), Verdict::Forward);
+        self.got = Some(f);
+        self.shared.stop.store(true, Relaxed);
+        1
+    }
+
+    fn wait(&mut self, _: Duration) {
+        self.sleeps += 1;
+    }
+
+    fn take_drops(&mut self) -> PortDrops {
+        PortDrops::default()
+    }
+}
+
+#[test]
+fn adaptive_worker_sleeps_when_idle_and_spin_worker_never_does() {
+    for (idle, slept) in [(Idle::Adaptive, true), (Idle::Spin, false)] {
+        let shared = Arc::new(Shared::new(snapshot(1, &["10.1.0.1"])));
+        let mut port = IdlePort {
+            empty_polls: 20_000,
+            sleeps: 0,
+            got: None,
+            shared: Arc::clone(&shared),
+        };
+        let settings = Settings {
+            batch: 64,
+            idle,
+            idle_spin: Duration::ZERO,
+        };
+        run(&mut port, &shared, &Stats::default(), settings);
+        assert_eq!(port.sleeps > 0, slept, "{idle:?}: {} sleeps", port.sleeps);
+        assert!(
+            port.got.is_some(),
+            "{idle:?}: the frame after the idle spell was lost"
+        );
+    }
+}

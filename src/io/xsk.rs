@@ -1,0 +1,266 @@
+//! The AF_XDP port: one socket, its own UMEM, bound to one RX queue.
+//!
+//! Frames move without copies: RX descriptor → `decide` (rewrites in the
+//! UMEM) → TX ring for `Forward`, or back to the free list. Transmitted
+//! frames come back through the completion ring and are reused for the
+//! fill ring. All descriptor storage is allocated up front.
+
+use super::tap::Tap;
+use crate::dataplane::Verdict;
+use crate::dataplane::worker::{Port, PortDrops};
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+/// Why a socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad AF_XDP setting: {0}")]
+    Setting(String),
+    #[error("cannot create the UMEM for queue {queue}: {message}")]
+    Umem { queue: u32, message: String },
+    #[error("cannot bind an AF_XDP socket to {device} queue {queue} ({mode}): {message}")]
+    Bind {
+        device: String,
+        queue: u32,
+        mode: &'static str,
+        message: String,
+    },
+}
+
+/// Whether the socket copies frames or shares pages with the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    ZeroCopy,
+    Copy,
+}
+
+impl Copy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Copy::ZeroCopy => "zero-copy",
+            Copy::Copy => "copy",
+        }
+    }
+}
+
+/// One bound AF_XDP socket.
+pub struct Socket {
+    umem: Umem,
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Frames owned by us and not in any ring.
+    free: Vec<FrameDesc>,
+    /// Scratch for one batch of RX, TX and completion descriptors.
+    rx_batch: Vec<FrameDesc>,
+    tx_batch: Vec<FrameDesc>,
+    comp_batch: Vec<FrameDesc>,
+    host: Option<Tap>,
+    drops: PortDrops,
+    /// Frames on the TX ring not yet back through completion.
+    in_flight: usize,
+    fd: RawFd,
+}
+
+/// The largest batch a socket handles at once.
+pub const MAX_BATCH: usize = 1024;
+
+impl Socket {
+    /// Opens a socket on `device` queue `queue` with rings of `ring_size`
+    /// descriptors. The XDP program is ours, so libxdp is told not to load
+    /// its own.
+    pub fn open(
+        device: &str,
+        queue: u32,
+        ring_size: u32,
+        copy: Copy,
+        host: Option<Tap>,
+    ) -> Result<Socket, Error> {
+        let size = |n: u32| QueueSize::new(n).map_err(|e| Error::Setting(e.to_string()));
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(2048).map_err(|e| Error::Setting(e.to_string()))?)
+            .fill_queue_size(size(ring_size)?)
+            .comp_queue_size(size(ring_size)?)
+            .build()
+            .map_err(|e| Error::Setting(e.to_string()))?;
+        // Enough frames to keep the fill ring full while a whole TX ring
+        // is in flight.
+        let frames = NonZeroU32::new(ring_size * 2).unwrap_or(NonZeroU32::MIN);
+        let (umem, descs) = Umem::new(umem_config, frames, false).map_err(|e| Error::Umem {
+            queue,
+            message: super::chain(&e),
+        })?;
+        let bind = match copy {
+            Copy::ZeroCopy => BindFlags::XDP_ZEROCOPY,
+            Copy::Copy => BindFlags::XDP_COPY,
+        } | BindFlags::XDP_USE_NEED_WAKEUP;
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(size(ring_size)?)
+            .tx_queue_size(size(ring_size)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .xdp_flags(XdpFlags::empty())
+            .bind_flags(bind)
+            .build();
+        let name: Interface = device.parse().map_err(|_| Error::Bind {
+            device: device.to_string(),
+            queue,
+            mode: copy.name(),
+            message: "the name holds a NUL byte".to_string(),
+        })?;
+        // SAFETY: this UMEM is new and used by no other socket, so the
+        // shared-UMEM precondition of `Socket::new` (the inhibit flag when
+        // the pair is already bound from this UMEM) does not arise; we set
+        // the inhibit flag anyway since the XDP program is ours.
+        let (tx, rx, rings) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, queue) }
+            .map_err(|e| Error::Bind {
+                device: device.to_string(),
+                queue,
+                mode: copy.name(),
+                message: super::chain(&e),
+            })?;
+        let Some((mut fill, comp)) = rings else {
+            return Err(Error::Bind {
+                device: device.to_string(),
+                queue,
+                mode: copy.name(),
+                message: "libxdp returned no fill and completion rings".to_string(),
+            });
+        };
+        let mut free = descs;
+        // Every frame can be on the free list at once: never reallocates.
+        free.reserve(free.len());
+        let ring = ring_size as usize;
+        // SAFETY: every descriptor came from this UMEM and none is in any
+        // ring yet, so handing these to the kernel gives it sole use.
+        let filled = unsafe { fill.produce(&free[free.len() - ring..]) };
+        free.truncate(free.len() - filled);
+        let fd = tx.fd().as_raw_fd();
+        let spare = free.first().copied();
+        let scratch = |n| spare.map_or_else(Vec::new, |d| vec![d; n]);
+        Ok(Socket {
+            umem,
+            rx,
+            tx,
+            fill,
+            comp,
+            rx_batch: scratch(MAX_BATCH),
+            tx_batch: Vec::with_capacity(MAX_BATCH),
+            comp_batch: scratch(ring),
+            free,
+            host,
+            drops: PortDrops::default(),
+            in_flight: 0,
+            fd,
+        })
+    }
+
+    /// The socket's file descriptor, for the XSKMAP.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Waits up to `timeout` for the frames on the TX ring to go out.
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            let _ = self.tx.wakeup();
+            self.recycle();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Takes transmitted frames back and tops up the fill ring.
+    fn recycle(&mut self) {
+        // SAFETY: the completion ring only returns descriptors of frames
+        // we put on this socket's TX ring, all from this UMEM, which the
+        // kernel has finished with.
+        let done = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.in_flight = self.in_flight.saturating_sub(done);
+        self.free.extend_from_slice(&self.comp_batch[..done]);
+        if self.free.is_empty() {
+            return;
+        }
+        let want = self.fill.nb_free(self.free.len() as u32) as usize;
+        let from = self.free.len() - want.min(self.free.len());
+        // SAFETY: frames on the free list are ours alone (not in any
+        // ring, no live reference into them); produce hands the first
+        // `n` of them to the kernel and we forget exactly those.
+        let n = unsafe { self.fill.produce(&self.free[from..]) };
+        // produce took a prefix of that slice: forget exactly those.
+        self.free.drain(from..from + n);
+    }
+}
+
+impl Port for Socket {
+    #[inline]
+    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
+        self.recycle();
+        let max = max.min(self.rx_batch.len());
+        // SAFETY: the RX ring only hands out descriptors of frames in this
+        // UMEM that the kernel has filled and given up.
+        let n = unsafe { self.rx.consume(&mut self.rx_batch[..max]) };
+        if n == 0 {
+            if self.fill.needs_wakeup() {
+                // The kernel waits for a syscall before it takes the fill
+                // ring again; a zero-timeout poll is that syscall.
+                let _ = self.rx.poll(0);
+            }
+            return 0;
+        }
+        self.tx_batch.clear();
+        for i in 0..n {
+            let mut desc = self.rx_batch[i];
+            // SAFETY: `desc` came from this UMEM's RX ring, so the kernel
+            // is done with the frame and nothing else refers to it until
+            // we put it on a ring again below.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let frame = data.contents_mut();
+            match decide(frame) {
+                Verdict::Forward => self.tx_batch.push(desc),
+                Verdict::ToHost => {
+                    let sent = self.host.as_mut().is_some_and(|h| h.send(frame));
+                    if !sent {
+                        self.drops.host_failed += 1;
+                    }
+                    self.free.push(desc);
+                }
+                Verdict::Drop(_) => self.free.push(desc),
+            }
+        }
+        if !self.tx_batch.is_empty() {
+            // SAFETY: these frames came off the RX ring of this UMEM and
+            // are in no other ring; the kernel owns them until they come
+            // back through the completion ring.
+            let sent = unsafe { self.tx.produce(&self.tx_batch) };
+            self.in_flight += sent;
+            if sent < self.tx_batch.len() {
+                self.drops.tx_full += (self.tx_batch.len() - sent) as u64;
+                self.free.extend_from_slice(&self.tx_batch[sent..]);
+            }
+            // Copy mode always needs the kick; with need_wakeup the
+            // kernel says when.
+            if sent > 0 && self.tx.needs_wakeup() {
+                let _ = self.tx.wakeup();
+            }
+        }
+        n
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        self.recycle();
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // Sleeps until the RX ring has frames; the fill ring is topped up
+        // above, so the first frame after an idle spell has a buffer.
+        let _ = self.rx.poll(ms);
+    }
+
+    fn take_drops(&mut self) -> PortDrops {
+        std::mem::take(&mut self.drops)
+    }
+}
