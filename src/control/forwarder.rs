@@ -73,6 +73,8 @@ impl Error {
 const TICK: Duration = Duration::from_millis(50);
 /// How often next hops are re-read from the kernel when all resolve.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long start-up waits for next hops to resolve.
+const START_RESOLVE: Duration = Duration::from_secs(1);
 /// How often while some are unresolved.
 const REFRESH_PENDING: Duration = Duration::from_millis(100);
 
@@ -126,17 +128,6 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
     let queues = crate::io::rx_queues(&device.name).clamp(1, xdp::MAX_QUEUES);
     let copy = open_sockets(config, &device, &mut steering, queues, host.as_ref())?;
     let (sockets, copy_mode) = copy;
-    log::info!(
-        "forwarding on {} (index {}): XDP {} mode, AF_XDP {} mode, {} queue{}, addresses {:?} {:?}",
-        device.name,
-        device.index,
-        steering.mode().name(),
-        copy_mode.name(),
-        queues,
-        if queues == 1 { "" } else { "s" },
-        device.v4,
-        device.v6
-    );
 
     let resolver = neighbours::Resolver::new(device.index);
     let backends = neighbours::backends(&tables);
@@ -150,11 +141,39 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
         vlan: config.vlan,
         hasher: hasher.clone(),
     };
+    // Give the kernel a moment to resolve the next hops, so the first
+    // flows are not dropped as no_neighbour for want of an ARP reply.
+    let mut resolver = resolver;
     let mut resolution = resolve(&resolver, &backends, None);
+    let deadline = Instant::now() + START_RESOLVE;
+    while !resolution.unresolved.is_empty() && Instant::now() < deadline {
+        for &b in &resolution.unresolved {
+            resolver.probe(b, Instant::now());
+        }
+        std::thread::sleep(TICK);
+        resolution = resolve(&resolver, &backends, Some(&resolution));
+    }
+    if !resolution.unresolved.is_empty() {
+        log::warn!(
+            "no next hop yet for {:?}; their flows are dropped as no_neighbour until resolved",
+            resolution.unresolved
+        );
+    }
     let shared = Arc::new(Shared::new(snapshot(&resolution)));
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
 
     let workers = start_workers(config, sockets, &shared, &stats)?;
+    log::info!(
+        "forwarding on {} (index {}): XDP {} mode, AF_XDP {} mode, {} queue{}, addresses {:?} {:?}",
+        device.name,
+        device.index,
+        steering.mode().name(),
+        copy_mode.name(),
+        queues,
+        if queues == 1 { "" } else { "s" },
+        device.v4,
+        device.v6
+    );
     let mut control = Control {
         resolver,
         backends,

@@ -39,7 +39,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender};
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -179,6 +179,17 @@ impl Netns {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {argv:?} in {}: {e}", self.name))
+    }
+
+    /// `ip netns exec NAME argv...` with extra environment; waits.
+    pub fn exec_env(&self, argv: &[&str], envs: &[(&str, &str)]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {}: {e}", self.name))
     }
 
     /// Starts `argv` in the namespace in the background, with `envs` added to
@@ -486,20 +497,60 @@ impl RawPort {
 pub struct ChildGuard {
     child: Option<Child>,
     stderr: Option<JoinHandle<String>>,
+    /// What the child has written to stderr so far, line by line.
+    live: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ChildGuard {
     pub fn new(mut child: Child) -> ChildGuard {
-        let stderr = child.stderr.take().map(|mut pipe| {
+        let live = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&live);
+        let stderr = child.stderr.take().map(|pipe| {
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = pipe.read_to_end(&mut buf);
-                String::from_utf8_lossy(&buf).into_owned()
+                use std::io::BufRead;
+                let mut all = String::new();
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    all.push_str(&line);
+                    all.push('\n');
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+                all
             })
         });
         ChildGuard {
             child: Some(child),
             stderr,
+            live,
+        }
+    }
+
+    /// Everything the child has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.live.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for a stderr line containing `needle`; returns
+    /// that line, or None (also when the child exits first).
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr_so_far().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() >= deadline || self.try_wait().is_some() {
+                // One last look: the line may have come with the exit.
+                std::thread::sleep(Duration::from_millis(50));
+                return self
+                    .stderr_so_far()
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(str::to_string);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

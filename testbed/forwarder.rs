@@ -1,0 +1,601 @@
+//! The forwarder for real: `rusty_rail` runs in a network namespace on one
+//! end of a veth pair, on a bridge with a traffic source and three backend
+//! namespaces. Frames are built and checked with etherparse, an independent
+//! packet library; the expected backend comes from the pure Maglev table.
+//!
+//! Every test needs root (namespaces, XDP, AF_XDP) and says so when it
+//! skips. They run one at a time: they share two cores.
+
+#[path = "netns/mod.rs"]
+mod netns;
+
+use etherparse::{IpNumber, PacketBuilder, SlicedPacket};
+use netns::{ChildGuard, Lan, Netns, RawPort};
+use nix::sys::signal::Signal;
+use rusty_rail::dataplane::flow::Hasher;
+use rusty_rail::maglev::{Backend, Table};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+const KEY_BYTES: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+const GEN_MAC: [u8; 6] = [0x02, 0x61, 0, 0, 0, 0x10];
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 61, 0, 10);
+const LB_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 61, 0, 1), Ipv4Addr::new(10, 61, 0, 2)];
+const LB_MACS: [[u8; 6]; 2] = [[0x02, 0x61, 0, 0, 0, 1], [0x02, 0x61, 0, 0, 0, 2]];
+const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 61, 0, 21),
+    Ipv4Addr::new(10, 61, 0, 22),
+    Ipv4Addr::new(10, 61, 0, 23),
+];
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 80);
+const WAIT: Duration = Duration::from_secs(3);
+
+fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x61, 0, 0, 0, 0x21 + i as u8]
+}
+
+/// The topology: a source, `lbs` load balancer nodes and three backends.
+struct World {
+    _lan: Lan,
+    gen_ns: Netns,
+    lbs: Vec<Netns>,
+    backends: Vec<Netns>,
+}
+
+impl World {
+    fn new(tag: &str, lbs: usize) -> World {
+        let mut lan = Lan::new(tag);
+        let gen_ns = Netns::new(&format!("{tag}g"));
+        lan.attach(&gen_ns, "g0", GEN_MAC, &[&format!("{GEN_IP}/24")]);
+        let lbs: Vec<Netns> = (0..lbs)
+            .map(|i| {
+                let ns = Netns::new(&format!("{tag}l{i}"));
+                lan.attach(&ns, "l0", LB_MACS[i], &[&format!("{}/24", LB_IPS[i])]);
+                ns
+            })
+            .collect();
+        let backends: Vec<Netns> = BACKENDS
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let ns = Netns::new(&format!("{tag}b{i}"));
+                lan.attach(&ns, "b0", backend_mac(i), &[&format!("{ip}/24")]);
+                ns
+            })
+            .collect();
+        World {
+            _lan: lan,
+            gen_ns,
+            lbs,
+            backends,
+        }
+    }
+
+    /// Starts rusty_rail on node `i` and waits until it forwards.
+    fn start(&self, i: usize, extra: &[(&str, &str)]) -> ChildGuard {
+        let targets = BACKENDS.map(|b| b.to_string()).join(";");
+        let mut env = vec![
+            ("RR_DEVICE", "l0"),
+            ("RR_TARGET_IPS", targets.as_str()),
+            ("RR_HASH_KEY", KEY),
+            ("RR_STATS_INTERVAL", "0.2"),
+        ];
+        env.extend_from_slice(extra);
+        let mut child =
+            ChildGuard::new(self.lbs[i].spawn(&[env!("CARGO_BIN_EXE_rusty_rail")], &env));
+        let ready = child.wait_for_line("forwarding on l0", Duration::from_secs(10));
+        assert!(
+            ready.is_some(),
+            "node {i} did not start: {}",
+            child.stderr_so_far()
+        );
+        child
+    }
+
+    fn xdp_attached(&self, i: usize) -> bool {
+        let out = self.lbs[i].exec(&["ip", "link", "show", "dev", "l0"]);
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
+    fn links(&self, i: usize) -> String {
+        let out = self.lbs[i].exec(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// One inner UDP flow to the VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Flow {
+    src: Ipv4Addr,
+    sport: u16,
+}
+
+fn flows(n: usize) -> Vec<Flow> {
+    (0..n)
+        .map(|i| Flow {
+            src: Ipv4Addr::new(192, 0, 2, 1 + (i % 200) as u8),
+            sport: 20_000 + i as u16,
+        })
+        .collect()
+}
+
+/// GRE (no options) + inner IPv4/UDP, built by etherparse.
+fn gre_payload(flow: Flow) -> Vec<u8> {
+    let mut inner = Vec::new();
+    PacketBuilder::ipv4(flow.src.octets(), VIP.octets(), 64)
+        .udp(flow.sport, 80)
+        .write(&mut inner, b"rusty_rail testbed")
+        .unwrap();
+    let mut gre = vec![0, 0, 0x08, 0x00];
+    gre.extend_from_slice(&inner);
+    gre
+}
+
+/// An Ethernet + IPv4 frame from the source to node `lb`.
+fn to_node(lb: usize, protocol: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(GEN_MAC, LB_MACS[lb])
+        .ipv4(GEN_IP.octets(), LB_IPS[lb].octets(), ttl)
+        .write(&mut frame, IpNumber(protocol), payload)
+        .unwrap();
+    frame
+}
+
+/// What the pure Maglev table says about `flow`.
+fn expected_backend(flow: Flow) -> Ipv4Addr {
+    let backends: Vec<Backend> = BACKENDS
+        .iter()
+        .map(|b| Backend {
+            addr: (*b).into(),
+            weight: 1,
+        })
+        .collect();
+    let table = Table::build(&backends, &KEY_BYTES, 65537).unwrap();
+    let hash = Hasher::new(&KEY_BYTES).v4(
+        flow.src.octets(),
+        VIP.octets(),
+        17,
+        u32::from(flow.sport) << 16 | 80,
+    );
+    match table.lookup(hash).unwrap().addr {
+        std::net::IpAddr::V4(a) => a,
+        other => panic!("{other}"),
+    }
+}
+
+fn is_gre(frame: &[u8]) -> bool {
+    frame.len() > 34 && frame[12..14] == [0x08, 0x00] && frame[23] == 47
+}
+
+/// Checks a frame a backend received from node `lb` with etherparse and
+/// returns the flow it carries.
+fn check_forwarded(frame: &[u8], lb: usize, backend: usize) -> Flow {
+    let sliced = SlicedPacket::from_ethernet(frame).expect("a parsable frame");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else {
+        panic!("not Ethernet II");
+    };
+    assert_eq!(eth.source(), LB_MACS[lb], "Ethernet source is the node");
+    assert_eq!(
+        eth.destination(),
+        backend_mac(backend),
+        "Ethernet destination is the backend"
+    );
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+        panic!("not IPv4");
+    };
+    let h = ip.header();
+    assert_eq!(h.source_addr(), LB_IPS[lb], "outer source is the node");
+    assert_eq!(
+        h.destination_addr(),
+        BACKENDS[backend],
+        "outer destination is the backend"
+    );
+    assert_eq!(h.ttl(), 63, "TTL decremented once");
+    assert_eq!(h.protocol(), IpNumber(47));
+    let header = h.to_header();
+    assert_eq!(
+        header.header_checksum,
+        header.calc_header_checksum(),
+        "outer checksum valid"
+    );
+    let gre = ip.payload().payload;
+    assert_eq!(&gre[..4], &[0, 0, 0x08, 0x00], "GRE header untouched");
+    let inner = SlicedPacket::from_ip(&gre[4..]).expect("inner packet");
+    let Some(etherparse::NetSlice::Ipv4(inner_ip)) = &inner.net else {
+        panic!("inner not IPv4");
+    };
+    let Some(etherparse::TransportSlice::Udp(udp)) = &inner.transport else {
+        panic!("inner not UDP");
+    };
+    let flow = Flow {
+        src: inner_ip.header().source_addr(),
+        sport: udp.source_port(),
+    };
+    assert_eq!(
+        gre,
+        gre_payload(flow).as_slice(),
+        "GRE and inner bytes untouched"
+    );
+    flow
+}
+
+/// Sends every flow `copies` times to node `lb` and returns, per flow, the
+/// backends it arrived at (checked frame by frame).
+fn send_and_collect(
+    world: &World,
+    lb: usize,
+    flows: &[Flow],
+    copies: usize,
+) -> HashMap<Flow, Vec<usize>> {
+    let ports: Vec<RawPort> = world
+        .backends
+        .iter()
+        .map(|ns| RawPort::open(ns, "b0"))
+        .collect();
+    let mut source = RawPort::open(&world.gen_ns, "g0");
+    let total = flows.len() * copies;
+    std::thread::scope(|s| {
+        // Receive while sending, so no socket buffer overflows.
+        let receivers: Vec<_> = ports
+            .into_iter()
+            .map(|mut port| {
+                s.spawn(move || port.recv_matching(total, Duration::from_millis(700), is_gre))
+            })
+            .collect();
+        for (i, frame) in (0..copies)
+            .flat_map(|_| flows.iter())
+            .map(|flow| to_node(lb, 47, 64, &gre_payload(*flow)))
+            .enumerate()
+        {
+            source.send(&frame);
+            if i % 32 == 31 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let mut seen: HashMap<Flow, Vec<usize>> = HashMap::new();
+        for (b, receiver) in receivers.into_iter().enumerate() {
+            for frame in receiver.join().unwrap() {
+                let flow = check_forwarded(&frame, lb, b);
+                seen.entry(flow).or_default().push(b);
+            }
+        }
+        seen
+    })
+}
+
+/// The latest JSON stats line's totals.
+fn last_stats(child: &ChildGuard) -> serde_json::Value {
+    let text = child.stderr_so_far();
+    let Some(line) = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"") && l.contains("\"stats\""))
+    else {
+        return serde_json::Value::Null;
+    };
+    let v: serde_json::Value = serde_json::from_str(line).expect("stats line is JSON");
+    v["stats"].clone()
+}
+
+fn wait_for_stats(
+    child: &ChildGuard,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = last_stats(child);
+        if ok(&stats) || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn gre_frames_reach_the_maglev_backend_with_rewritten_outer_headers_and_stay_there() {
+    if netns::skip_unless_root("gre_frames_reach_the_maglev_backend") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("fw", 1);
+    let node = world.start(0, &[]);
+    // The first frames to each backend may wait for ARP: warm up.
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+
+    let flows = flows(300);
+    let seen = send_and_collect(&world, 0, &flows, 3);
+    let mut per_backend = [0usize; 3];
+    for flow in &flows {
+        let got = seen
+            .get(flow)
+            .unwrap_or_else(|| panic!("{flow:?} never arrived"));
+        assert_eq!(got.len(), 3, "{flow:?}: {got:?}; {}", last_stats(&node));
+        assert!(got.iter().all(|b| *b == got[0]), "{flow:?} moved: {got:?}");
+        assert_eq!(BACKENDS[got[0]], expected_backend(*flow), "{flow:?}");
+        per_backend[got[0]] += 1;
+    }
+    assert!(
+        per_backend.iter().all(|n| *n > 50),
+        "uneven: {per_backend:?}"
+    );
+    let stats = wait_for_stats(&node, |s| s["tx"].as_u64() >= Some(900));
+    assert!(stats["tx"].as_u64() >= Some(900), "{stats}");
+
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn two_nodes_with_the_same_configuration_pick_the_same_backend_for_every_flow() {
+    if netns::skip_unless_root("two_nodes_pick_the_same_backend") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("two", 2);
+    let a = world.start(0, &[]);
+    let b = world.start(1, &[("RR_XDP_MODE", "generic")]);
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+    let _ = send_and_collect(&world, 1, &flows(30), 1);
+
+    let flows = flows(200);
+    let via_a = send_and_collect(&world, 0, &flows, 1);
+    let via_b = send_and_collect(&world, 1, &flows, 1);
+    for flow in &flows {
+        let (x, y) = (via_a.get(flow), via_b.get(flow));
+        assert!(
+            x.is_some() && x == y,
+            "{flow:?}: node a {x:?}, node b {y:?}"
+        );
+    }
+    for node in [a, b] {
+        let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+/// An ICMP echo request from the source to node 0, built by etherparse.
+fn ping_frame(seq: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(GEN_MAC, LB_MACS[0])
+        .ipv4(GEN_IP.octets(), LB_IPS[0].octets(), 64)
+        .icmpv4_echo_request(0x7272, seq)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    frame
+}
+
+fn is_echo_reply(frame: &[u8]) -> bool {
+    let Ok(p) = SlicedPacket::from_ethernet(frame) else {
+        return false;
+    };
+    matches!(
+        p.transport,
+        Some(etherparse::TransportSlice::Icmpv4(icmp))
+            if matches!(icmp.icmp_type(), etherparse::Icmpv4Type::EchoReply(_))
+    )
+}
+
+#[test]
+fn host_tcp_and_ping_keep_working_while_the_node_forwards() {
+    if netns::skip_unless_root("host_tcp_and_ping_keep_working") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("host", 1);
+    let node = world.start(0, &[]);
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+    let tx_before = wait_for_stats(&node, |s| s["tx"].as_u64() >= Some(30))["tx"]
+        .as_u64()
+        .unwrap_or(0);
+
+    // GRE load in the background for the whole test.
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut source = RawPort::open(&world.gen_ns, "g0");
+            let flows = flows(64);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for flow in &flows {
+                    source.send(&to_node(0, 47, 64, &gre_payload(*flow)));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+
+        // Ping: the node's kernel answers through XDP_PASS.
+        let mut port = RawPort::open(&world.gen_ns, "g0");
+        for seq in 0..3 {
+            port.send(&ping_frame(seq));
+        }
+        let replies = port.recv_matching(3, WAIT, is_echo_reply);
+        assert_eq!(replies.len(), 3, "echo replies");
+
+        // TCP: a listener in the node's namespace, a client in the source's.
+        let listener = world.lbs[0].run(|| TcpListener::bind((LB_IPS[0], 8080)).unwrap());
+        let server = s.spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            conn.read_exact(&mut buf).unwrap();
+            conn.write_all(b"done").unwrap();
+            buf.iter().map(|b| u64::from(*b)).sum::<u64>()
+        });
+        let mut client = world
+            .gen_ns
+            .run(|| TcpStream::connect_timeout(&(LB_IPS[0], 8080).into(), WAIT).unwrap());
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        client.write_all(&data).unwrap();
+        let mut done = [0u8; 4];
+        client.read_exact(&mut done).unwrap();
+        assert_eq!(&done, b"done");
+        let sum = server.join().unwrap();
+        assert_eq!(sum, data.iter().map(|b| u64::from(*b)).sum::<u64>());
+        stop.store(true, Ordering::Relaxed);
+    });
+    let stats = wait_for_stats(&node, |s| s["tx"].as_u64() > Some(tx_before));
+    assert!(
+        stats["tx"].as_u64() > Some(tx_before),
+        "it forwarded meanwhile: {stats}"
+    );
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted_and_forwarding_carries_on() {
+    if netns::skip_unless_root("malformed_frames_are_dropped_and_counted") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("bad", 1);
+    let node = world.start(0, &[]);
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+
+    let mut source = RawPort::open(&world.gen_ns, "g0");
+    let good = gre_payload(flows(1)[0]);
+    // GRE whose inner IPv4 header is cut short.
+    let truncated = &good[..4 + 12];
+    // GRE announcing a key it does not carry.
+    let short_gre = [0x20u8, 0, 0x08, 0x00, 0, 0];
+    for _ in 0..100 {
+        source.send(&to_node(0, 47, 64, truncated));
+        source.send(&to_node(0, 47, 64, &short_gre));
+        source.send(&to_node(0, 47, 1, &good));
+    }
+    let flows = flows(100);
+    let seen = send_and_collect(&world, 0, &flows, 1);
+    assert_eq!(seen.len(), 100, "forwarding carried on after the burst");
+    let stats = wait_for_stats(&node, |s| {
+        s["dropped"]["ttl_expired"].as_u64() >= Some(100)
+            && s["dropped"]["malformed_inner"].as_u64() >= Some(100)
+            && s["dropped"]["malformed_gre"].as_u64() >= Some(100)
+    });
+    assert_eq!(
+        stats["dropped"]["malformed_inner"].as_u64(),
+        Some(100),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["dropped"]["malformed_gre"].as_u64(),
+        Some(100),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["dropped"]["ttl_expired"].as_u64(),
+        Some(100),
+        "{stats}"
+    );
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Builds an XDP object with clang into the namespace-independent temp dir.
+fn xdp_object(name: &str, source: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rr-xdp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = dir.join(format!("{name}.c"));
+    let o = dir.join(format!("{name}.o"));
+    std::fs::write(&c, source).unwrap();
+    let status = std::process::Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", "-c"])
+        .arg(&c)
+        .arg("-o")
+        .arg(&o)
+        .status()
+        .expect("clang runs");
+    assert!(status.success());
+    o
+}
+
+#[test]
+fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
+    if netns::skip_unless_root("stop_leaves_the_device_clean") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("stop", 1);
+    let before = world.links(0);
+
+    // SIGTERM and SIGINT: exit 0, no XDP program, no TAP device.
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let node = world.start(0, &[]);
+        assert!(world.xdp_attached(0));
+        assert!(world.links(0).contains("rrh-l0"), "{}", world.links(0));
+        let (status, err) = node.stop(signal, WAIT);
+        assert_eq!(status.code(), Some(0), "{signal}: {err}");
+        assert!(!world.xdp_attached(0), "{signal}: XDP program left behind");
+        assert_eq!(world.links(0), before, "{signal}: the links changed");
+    }
+
+    // SIGKILL: the next start succeeds and the device ends clean.
+    let node = world.start(0, &[]);
+    let (status, _) = node.stop(Signal::SIGKILL, WAIT);
+    assert_eq!(status.code(), None);
+    let node = world.start(0, &[]);
+    let seen = send_and_collect(&world, 0, &flows(20), 1);
+    assert_eq!(seen.len(), 20, "forwards after a SIGKILLed run");
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(world.links(0), before);
+
+    // A leftover attached the old way (netlink, no link): recognised by
+    // its name and cleared.
+    let ours = xdp_object(
+        "steer",
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ffi/xdp/steer.c")).unwrap(),
+    );
+    world.lbs[0].ip(&format!(
+        "link set dev l0 xdpgeneric obj {} sec xdp",
+        ours.display()
+    ));
+    assert!(world.xdp_attached(0));
+    let mut node = world.start(0, &[]);
+    assert!(
+        node.wait_for_line("removed a leftover rusty_rail XDP program", WAIT)
+            .is_some(),
+        "{}",
+        node.stderr_so_far()
+    );
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+    assert!(!world.xdp_attached(0));
+
+    // Someone else's program: refused in one line, left in place.
+    let other = xdp_object(
+        "other",
+        "int other_prog(void *ctx) __attribute__((section(\"xdp\"), used));\n\
+         int other_prog(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    );
+    world.lbs[0].ip(&format!(
+        "link set dev l0 xdpgeneric obj {} sec xdp",
+        other.display()
+    ));
+    let targets = BACKENDS[0].to_string();
+    let out = world.lbs[0].exec_env(
+        &[env!("CARGO_BIN_EXE_rusty_rail")],
+        &[
+            ("RR_DEVICE", "l0"),
+            ("RR_TARGET_IPS", &targets),
+            ("RR_HASH_KEY", KEY),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("rusty_rail: l0 already runs XDP program \"other_prog\""),
+        "{err}"
+    );
+    assert!(world.xdp_attached(0), "the foreign program was left alone");
+    world.lbs[0].ip("link set dev l0 xdpgeneric off");
+    let _ = std::fs::remove_dir_all(ours.parent().unwrap());
+}
