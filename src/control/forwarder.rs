@@ -162,6 +162,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
     let shared = Arc::new(Shared::new(snapshot(&resolution)));
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
 
+    let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(Socket::fd).collect();
     let workers = start_workers(config, sockets, &shared, &stats)?;
     log::info!(
         "forwarding on {} (index {}): XDP {} mode, AF_XDP {} mode, {} queue{}, addresses {:?} {:?}",
@@ -179,6 +180,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
         backends,
         last_refresh: Instant::now(),
         last_stats: Instant::now(),
+        kernel: Vec::new(),
     };
     let probes_for = |r: &neighbours::Resolution, c: &mut Control| {
         let now = Instant::now();
@@ -213,7 +215,12 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
             && control.last_stats.elapsed() >= interval
         {
             control.last_stats = Instant::now();
-            log_stats(&stats, &tables);
+            let kernel: Vec<xsk::Statistics> = fds
+                .iter()
+                .map(|fd| xsk::statistics(*fd).unwrap_or_default())
+                .collect();
+            log_stats(&stats, &kernel, &tables);
+            control.kernel = kernel;
         }
     }
 
@@ -224,7 +231,7 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
             log::error!("worker {queue} panicked");
         }
     }
-    log_stats(&stats, &tables);
+    log_stats(&stats, &control.kernel, &tables);
     // Sockets went with their workers; now the program and the TAP device.
     drop(steering);
     drop(host);
@@ -237,6 +244,9 @@ struct Control {
     backends: Vec<std::net::IpAddr>,
     last_refresh: Instant,
     last_stats: Instant,
+    /// The sockets' kernel counters as last read (the sockets close with
+    /// their workers, so the last line at stop repeats these).
+    kernel: Vec<xsk::Statistics>,
 }
 
 /// A program of ours left by a crash is removed; anyone else's is an error.
@@ -372,16 +382,22 @@ fn resolve(
     }
 }
 
-/// One JSON line on stderr: the totals, then each queue.
-fn log_stats(stats: &[Stats], tables: &Tables) {
+/// One JSON line on stderr: the totals, then each queue, then the
+/// sockets' kernel counters (drops before a worker saw the frame).
+fn log_stats(stats: &[Stats], kernel: &[xsk::Statistics], tables: &Tables) {
     let per_queue: Vec<Totals> = stats.iter().map(Stats::read).collect();
     let mut total = Totals::default();
     for q in &per_queue {
         total.add(q);
     }
+    let mut kernel_total = xsk::Statistics::default();
+    for k in kernel {
+        kernel_total.add(k);
+    }
     let line = serde_json::json!({
         "stats": total.to_json(),
         "queues": per_queue.iter().map(Totals::to_json).collect::<Vec<_>>(),
+        "xsk": kernel_total.to_json(),
         "table_generation": tables.generation(),
     });
     eprintln!("{line}");

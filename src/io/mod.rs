@@ -1,6 +1,8 @@
 //! Packet I/O backends. The only place besides ffi/ where `unsafe` is allowed.
 #![allow(unsafe_code)]
 
+pub mod afpacket;
+pub mod bpf;
 pub mod tap;
 pub mod xdp;
 pub mod xsk;

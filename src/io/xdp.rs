@@ -26,6 +26,13 @@ pub const MAX_ADDRS: usize = 256;
 #[repr(C, align(8))]
 struct Aligned<T: ?Sized>(T);
 static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/steer.o")));
+static BENCH_OBJECT: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bench.o")));
+
+/// The throughput run's XDP programs (`ffi/xdp/bench.c`), as an ELF object.
+pub fn bench_object() -> &'static [u8] {
+    &BENCH_OBJECT.0
+}
 
 /// Why steering could not be set up.
 #[derive(Debug, thiserror::Error)]

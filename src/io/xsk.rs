@@ -65,8 +65,15 @@ pub struct Socket {
     drops: PortDrops,
     /// Frames on the TX ring not yet back through completion.
     in_flight: usize,
+    ring_size: u32,
     fd: RawFd,
 }
+
+/// Frames waiting on the TX ring that make a kick worth its syscall.
+const KICK_AT: u32 = 32;
+
+/// The most TX kicks (syscalls) per batch.
+const KICKS: usize = 8;
 
 /// The largest batch a socket handles at once.
 pub const MAX_BATCH: usize = 1024;
@@ -156,6 +163,7 @@ impl Socket {
             host,
             drops: PortDrops::default(),
             in_flight: 0,
+            ring_size,
             fd,
         })
     }
@@ -163,6 +171,22 @@ impl Socket {
     /// The socket's file descriptor, for the XSKMAP.
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// Tells the kernel to transmit while frames wait on the TX ring. In
+    /// copy mode each kick sends a bounded number of frames, so this runs
+    /// every batch while any are outstanding, not only after new ones.
+    #[inline]
+    fn kick(&mut self) {
+        // Each kick sends a bounded number (32 on Linux); keep kicking
+        // while the ring still holds frames, a few times at most.
+        for _ in 0..KICKS {
+            let queued = self.ring_size - self.tx.nb_free_exact();
+            if queued == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            let _ = self.tx.wakeup();
+        }
     }
 
     /// Waits up to `timeout` for the frames on the TX ring to go out.
@@ -201,7 +225,11 @@ impl Port for Socket {
     #[inline]
     fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
         self.recycle();
-        let max = max.min(self.rx_batch.len());
+        // Take no more than the TX ring can hold: frames left on the RX
+        // ring wait there (the kernel counts it if that overflows)
+        // instead of being taken only to be dropped.
+        let room = self.tx.nb_free(max as u32) as usize;
+        let max = max.min(room).min(self.rx_batch.len());
         // SAFETY: the RX ring only hands out descriptors of frames in this
         // UMEM that the kernel has filled and given up.
         let n = unsafe { self.rx.consume(&mut self.rx_batch[..max]) };
@@ -211,6 +239,7 @@ impl Port for Socket {
                 // ring again; a zero-timeout poll is that syscall.
                 let _ = self.rx.poll(0);
             }
+            self.kick();
             return 0;
         }
         self.tx_batch.clear();
@@ -243,11 +272,11 @@ impl Port for Socket {
                 self.drops.tx_full += (self.tx_batch.len() - sent) as u64;
                 self.free.extend_from_slice(&self.tx_batch[sent..]);
             }
-            // Copy mode always needs the kick; with need_wakeup the
-            // kernel says when.
-            if sent > 0 && self.tx.needs_wakeup() {
-                let _ = self.tx.wakeup();
-            }
+        }
+        // Kick once enough frames wait; an empty poll (above) kicks the
+        // rest. A syscall for every few frames would cost more than them.
+        if self.ring_size - self.tx.nb_free_exact() >= KICK_AT {
+            self.kick();
         }
         n
     }
@@ -263,4 +292,65 @@ impl Port for Socket {
     fn take_drops(&mut self) -> PortDrops {
         std::mem::take(&mut self.drops)
     }
+}
+
+/// The kernel's counters for one AF_XDP socket (`struct xdp_statistics`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Statistics {
+    /// Frames the kernel dropped for this socket (e.g. no fill buffer).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl Statistics {
+    pub fn add(&mut self, o: &Statistics) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rx_dropped": self.rx_dropped,
+            "rx_ring_full": self.rx_ring_full,
+            "rx_fill_ring_empty": self.rx_fill_ring_empty_descs,
+            "rx_invalid_descs": self.rx_invalid_descs,
+            "tx_invalid_descs": self.tx_invalid_descs,
+        })
+    }
+}
+
+const SOL_XDP: libc::c_int = 283;
+const XDP_STATISTICS: libc::c_int = 7;
+
+/// Reads the kernel's counters of the AF_XDP socket `fd`. The caller must
+/// know the socket is still open (the control thread reads only while the
+/// workers that own the sockets run).
+pub fn statistics(fd: RawFd) -> std::io::Result<Statistics> {
+    let mut stats = Statistics::default();
+    let mut len = std::mem::size_of::<Statistics>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `stats`, a live
+    // repr(C) struct of six u64 as the kernel's `struct xdp_statistics`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_STATISTICS,
+            (&mut stats as *mut Statistics).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stats)
 }
