@@ -5,8 +5,8 @@
 //! rr-bench gen DEV DST_MAC DST_IP SECONDS [CORE]   GRE over 4096 flows, XDP live frames
 //! rr-bench sink DEV SECONDS                        count GRE arriving on DEV, one line a second
 //! rr-bench bounce DEV SECONDS                      in-kernel XDP_TX bounce of GRE
-//! rr-bench xsk-hairpin DEV SECONDS [CORE]          AF_XDP rx -> tx, no processing
-//! rr-bench afpacket DEV SECONDS [CORE]             AF_PACKET recvmmsg -> sendmmsg, no processing
+//! rr-bench xsk-hairpin DEV SECONDS [CORE]          AF_XDP rx -> tx, MACs swapped, nothing else
+//! rr-bench afpacket DEV SECONDS [CORE]             AF_PACKET recvmmsg -> sendmmsg, MACs swapped
 //! ```
 
 use aya::Ebpf;
@@ -238,18 +238,37 @@ fn bounce(args: &[String], stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// Runs `port` with "forward everything" until the time is up.
+/// Swaps the Ethernet addresses, so the frame goes back to its sender
+/// addressed to it, as any forwarder's frames are addressed to their next
+/// hop; nothing else is read or written.
+fn swap_macs(f: &mut [u8]) {
+    if f.len() >= 12 {
+        let (dst, rest) = f.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+    }
+}
+
+/// Runs `port` with `decide` until the time is up, idling as rusty_rail's
+/// workers do by default (spin 200 µs on empty rings, then sleep in the
+/// port's wait), so the comparison is of the per-frame work alone.
 fn hairpin<P: Port>(
     port: &mut P,
     duration: Duration,
     stop: &AtomicBool,
-    decide: fn(&[u8]) -> Verdict,
+    decide: fn(&mut [u8]) -> Verdict,
 ) -> u64 {
     let start = Instant::now();
     let mut frames = 0u64;
     let mut polls = 0u32;
+    let mut idle_since: Option<Instant> = None;
     loop {
-        frames += port.poll(64, |f| decide(f)) as u64;
+        let n = port.poll(64, decide);
+        frames += n as u64;
+        if n > 0 {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= IDLE_SPIN {
+            port.wait(Duration::from_millis(100));
+        }
         polls = polls.wrapping_add(1);
         // Look at the clock now and then, not every poll.
         if polls.is_multiple_of(1024)
@@ -259,6 +278,9 @@ fn hairpin<P: Port>(
         }
     }
 }
+
+/// rusty_rail's default RR_IDLE_SPIN_US.
+const IDLE_SPIN: Duration = Duration::from_micros(200);
 
 fn xsk_hairpin(args: &[String], stop: &AtomicBool) -> Result<()> {
     let dev = device(arg(args, 1, "DEV")?)?;
@@ -278,7 +300,10 @@ fn xsk_hairpin(args: &[String], stop: &AtomicBool) -> Result<()> {
     steering
         .register(0, socket.fd())
         .map_err(|e| e.to_string())?;
-    let frames = hairpin(&mut socket, duration, stop, |_| Verdict::Forward);
+    let frames = hairpin(&mut socket, duration, stop, |f| {
+        swap_macs(f);
+        Verdict::Forward
+    });
     eprintln!("rr-bench xsk-hairpin: {frames} frames");
     Ok(())
 }
@@ -288,8 +313,9 @@ fn afpacket_hairpin(args: &[String], stop: &AtomicBool) -> Result<()> {
     let duration = seconds(args, 2)?;
     pin(args, 3)?;
     let mut socket = afpacket::Socket::open(dev.index).map_err(|e| format!("AF_PACKET: {e}"))?;
-    let gre = |f: &[u8]| {
+    let gre = |f: &mut [u8]| {
         if f.len() > 23 && f[12..14] == [0x08, 0x00] && f[23] == 47 {
+            swap_macs(f);
             Verdict::Forward
         } else {
             Verdict::ToHost

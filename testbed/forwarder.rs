@@ -699,3 +699,63 @@ fn steered_frames_the_pipeline_declines_reach_the_host_stack() {
     let (status, _) = node.stop(Signal::SIGTERM, WAIT);
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn next_hops_the_kernel_forgets_are_resolved_again_and_forwarding_resumes() {
+    if netns::skip_unless_root("next_hops_the_kernel_forgets_are_resolved_again") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("nh", 1);
+    let node = world.start(0, &[]);
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+    world.lbs[0].ip("neigh flush dev l0");
+    // The control thread notices within its 1 s refresh; then frames to
+    // an unresolved backend are counted and make it probe.
+    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flows = flows(60);
+    let mut seen = send_and_collect(&world, 0, &flows, 1);
+    while seen.len() < flows.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        seen = send_and_collect(&world, 0, &flows, 1);
+    }
+    assert_eq!(seen.len(), flows.len(), "forwarding did not resume");
+    let stats = last_stats(&node);
+    assert!(
+        stats["dropped"]["no_neighbour"].as_u64() > Some(0),
+        "the flush went unnoticed: {stats}"
+    );
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn every_rx_queue_gets_a_socket_and_a_worker() {
+    if netns::skip_unless_root("every_rx_queue_gets_a_socket_and_a_worker") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new("mq", 1);
+    world.lbs[0].exec(&["ethtool", "-L", "l0", "rx", "2", "tx", "2"]);
+    let mut node = world.start(0, &[]);
+    assert!(
+        node.wait_for_line("2 queues", WAIT).is_some(),
+        "{}",
+        node.stderr_so_far()
+    );
+    let _ = send_and_collect(&world, 0, &flows(30), 1);
+    let seen = send_and_collect(&world, 0, &flows(200), 1);
+    assert_eq!(seen.len(), 200);
+    let v: serde_json::Value = serde_json::from_str(
+        node.stderr_so_far()
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"queues\""))
+            .expect("a stats line"),
+    )
+    .unwrap();
+    assert_eq!(v["queues"].as_array().map(Vec::len), Some(2), "{v}");
+    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
