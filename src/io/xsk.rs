@@ -282,6 +282,8 @@ impl Port for Socket {
     }
 
     fn wait(&mut self, timeout: Duration) {
+        // Nothing may sit on the TX ring unsent while we sleep.
+        self.kick();
         self.recycle();
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // Sleeps until the RX ring has frames; the fill ring is topped up
