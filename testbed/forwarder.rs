@@ -497,16 +497,14 @@ fn malformed_frames_are_dropped_and_counted_and_forwarding_carries_on() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Builds an XDP object with clang into the namespace-independent temp dir.
-fn xdp_object(name: &str, source: &str) -> std::path::PathBuf {
+/// Builds the XDP program in `source` (a path) with clang into a temp dir.
+fn xdp_object(name: &str, source: &std::path::Path) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rr-xdp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let c = dir.join(format!("{name}.c"));
     let o = dir.join(format!("{name}.o"));
-    std::fs::write(&c, source).unwrap();
     let status = std::process::Command::new("clang")
         .args(["-O2", "-g", "-target", "bpf", "-c"])
-        .arg(&c)
+        .arg(source)
         .arg("-o")
         .arg(&o)
         .status()
@@ -550,7 +548,7 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
     // its name and cleared.
     let ours = xdp_object(
         "steer",
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ffi/xdp/steer.c")).unwrap(),
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/ffi/xdp/steer.c")),
     );
     world.lbs[0].ip(&format!(
         "link set dev l0 xdpgeneric obj {} sec xdp",
@@ -569,12 +567,16 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
     assert!(!world.xdp_attached(0));
 
     // Someone else's program: refused in one line, left in place.
-    let other = xdp_object(
-        "other",
+    let other_c = std::env::temp_dir().join(format!("rr-other-{}.c", std::process::id()));
+    std::fs::write(
+        &other_c,
         "int other_prog(void *ctx) __attribute__((section(\"xdp\"), used));\n\
          int other_prog(void *ctx) { return 2; }\n\
          char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    );
+    )
+    .unwrap();
+    let other = xdp_object("other", &other_c);
+    let _ = std::fs::remove_file(&other_c);
     world.lbs[0].ip(&format!(
         "link set dev l0 xdpgeneric obj {} sec xdp",
         other.display()

@@ -8,34 +8,7 @@
 //   rr_bounce - the in-kernel ceiling: swaps the MACs of IPv4 GRE frames
 //               and sends them back out (XDP_TX); passes everything else.
 
-typedef unsigned char __u8;
-typedef unsigned short __u16;
-typedef unsigned int __u32;
-typedef unsigned long long __u64;
-
-#define SEC(name) __attribute__((section(name), used))
-#define __uint(name, val) int(*name)[val]
-#define __type(name, val) typeof(val) *name
-
-enum { BPF_MAP_TYPE_PERCPU_ARRAY = 6 };
-enum { XDP_ABORTED = 0, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT };
-
-struct xdp_md {
-	__u32 data;
-	__u32 data_end;
-	__u32 data_meta;
-	__u32 ingress_ifindex;
-	__u32 rx_queue_index;
-	__u32 egress_ifindex;
-};
-
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define be16(x) __builtin_bswap16(x)
-#else
-#define be16(x) (x)
-#endif
+#include "common.h"
 
 // Must match testbed/bench.rs.
 #define GEN_FLOWS 4096
