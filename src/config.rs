@@ -128,8 +128,9 @@ Configuration is read from these environment variables (an empty value counts as
                  native or generic. Zero-copy is used where the driver has it.
                  Default: auto.
 
-  RR_CORES       The cores the workers are pinned to, ','-separated; one worker
-                 per RX queue, queue i on the i-th listed core (wrapping).
+  RR_CORES       The cores the workers are pinned to, ','-separated numbers below
+                 4096; one worker per RX queue, queue i on the i-th listed core
+                 (wrapping).
                  Default: unset (queue i on core i, wrapping).
                  Example: RR_CORES=2,3
 
@@ -146,8 +147,8 @@ Configuration is read from these environment variables (an empty value counts as
   RR_IDLE_SPIN_US  Microseconds an adaptive worker spins on empty rings before it
                  sleeps: 0..1000000. Default: 200.
 
-  RR_STATS_INTERVAL  Seconds between the JSON counter lines in the log (fractions
-                 allowed); 0 turns them off. Default: 10.
+  RR_STATS_INTERVAL  Seconds between the JSON counter lines in the log, up to
+                 86400 (fractions allowed); 0 turns them off. Default: 10.
 
 Log verbosity follows RUST_LOG (default: info).
 ";

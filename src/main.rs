@@ -112,7 +112,7 @@ fn run() -> Result<(), Failure> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::Start(format!("cannot handle signal {signal}: {e}"), 1))?;
     }
-    forwarder::run(&config, &stop).map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
+    forwarder::run(&config, tables, &stop).map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
 }
 
 /// e.g. `2 backends in 65537 slots: 10.1.0.1 (weight 1) 32768 slots, ...`.

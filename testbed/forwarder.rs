@@ -43,7 +43,7 @@ fn backend_mac(i: usize) -> [u8; 6] {
 
 /// The topology: a source, `lbs` load balancer nodes and three backends.
 struct World {
-    _lan: Lan,
+    lan: Lan,
     gen_ns: Netns,
     lbs: Vec<Netns>,
     backends: Vec<Netns>,
@@ -71,7 +71,7 @@ impl World {
             })
             .collect();
         World {
-            _lan: lan,
+            lan,
             gen_ns,
             lbs,
             backends,
@@ -537,6 +537,9 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
     let node = world.start(0, &[]);
     let (status, _) = node.stop(Signal::SIGKILL, WAIT);
     assert_eq!(status.code(), None);
+    // The BPF link and the TAP device die with the process.
+    assert!(!world.xdp_attached(0), "XDP program left after SIGKILL");
+    assert_eq!(world.links(0), before, "links left after SIGKILL");
     let node = world.start(0, &[]);
     let seen = send_and_collect(&world, 0, &flows(20), 1);
     assert_eq!(seen.len(), 20, "forwards after a SIGKILLed run");
@@ -758,7 +761,16 @@ fn every_rx_queue_gets_a_socket_and_a_worker() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let world = World::new("mq", 1);
-    world.lbs[0].exec(&["ethtool", "-L", "l0", "rx", "2", "tx", "2"]);
+    // Both ends get two queues, so the switch side spreads flows over
+    // the node's two RX queues by hash.
+    let out = world.lbs[0].exec(&["ethtool", "-L", "l0", "rx", "2", "tx", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    let port = &world.lan.ports()[1];
+    let out = world
+        .lan
+        .switch
+        .exec(&["ethtool", "-L", port, "rx", "2", "tx", "2"]);
+    assert!(out.status.success(), "{out:?}");
     let mut node = world.start(0, &[]);
     assert!(
         node.wait_for_line("2 queues", WAIT).is_some(),
@@ -768,15 +780,21 @@ fn every_rx_queue_gets_a_socket_and_a_worker() {
     let _ = send_and_collect(&world, 0, &flows(30), 1);
     let seen = send_and_collect(&world, 0, &flows(200), 1);
     assert_eq!(seen.len(), 200);
-    let v: serde_json::Value = serde_json::from_str(
-        node.stderr_so_far()
-            .lines()
-            .rev()
-            .find(|l| l.contains("\"queues\""))
-            .expect("a stats line"),
-    )
-    .unwrap();
-    assert_eq!(v["queues"].as_array().map(Vec::len), Some(2), "{v}");
+    let queues = || -> serde_json::Value {
+        let text = node.stderr_so_far();
+        let line = text.lines().rev().find(|l| l.contains("\"queues\""));
+        line.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["queues"].clone())
+            .unwrap_or_default()
+    };
+    let both = |q: &serde_json::Value| (0..2).all(|i| q[i]["tx"].as_u64() > Some(0));
+    let deadline = Instant::now() + WAIT;
+    while !both(&queues()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = queues();
+    assert_eq!(q.as_array().map(Vec::len), Some(2), "{q}");
+    assert!(both(&q), "a queue forwarded nothing: {q}");
     let (status, _) = node.stop(Signal::SIGTERM, WAIT);
     assert_eq!(status.code(), Some(0));
 }

@@ -17,6 +17,10 @@
 // Must match src/io/xdp.rs.
 #define MAX_QUEUES 256
 #define MAX_ADDRS 256
+// Must match MAX_FRAME in src/io/xsk.rs: a 2048-byte UMEM frame less the
+// 256 bytes of XDP headroom. A longer frame could not be received there,
+// so it goes to the host instead of being dropped unseen.
+#define MAX_FRAME 1792
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -89,7 +93,7 @@ int rr_steer(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
+	if ((void *)(eth + 1) > end || end - data > MAX_FRAME)
 		return XDP_PASS;
 
 	__u16 proto = eth->proto;

@@ -8,13 +8,14 @@
 //! detach the program, so the device is left as it was found.
 
 use super::{neighbours, netlink, privileges};
-use crate::config::{Config, XdpMode};
+use crate::config::Config;
 use crate::dataplane::worker::{self, Shared, Snapshot, Stats, Totals};
 use crate::dataplane::{Tables, flow};
 use crate::io::tap::{self, Tap};
 use crate::io::xdp::{self, Mode, Steering};
 use crate::io::xsk::{self, Socket};
 use crate::wire::ethernet;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -49,21 +50,27 @@ pub enum Error {
         id: u32,
         message: String,
     },
+    #[error(
+        "{device} runs XDP program id {id}, which cannot be identified (reading its name needs CAP_SYS_ADMIN); remove it or run as root"
+    )]
+    Unidentified { device: String, id: u32 },
+    #[error(
+        "{device} runs XDP programs in several modes; remove them first, e.g. `ip link set dev {device} xdp off xdpgeneric off`"
+    )]
+    SeveralPrograms { device: String },
     #[error(transparent)]
     Steering(#[from] xdp::Error),
     #[error(transparent)]
     Socket(#[from] xsk::Error),
     #[error("cannot start worker {queue}: {message}")]
     Worker { queue: u32, message: String },
-    #[error("cannot build the Maglev tables: {0}")]
-    Tables(#[from] crate::dataplane::tables::Error),
 }
 
 impl Error {
     /// Exit status: 2 for configuration mistakes, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::NoDevice(_) | Error::Tables(_) => 2,
+            Error::NoDevice(_) => 2,
             _ => 1,
         }
     }
@@ -79,7 +86,8 @@ const START_RESOLVE: Duration = Duration::from_secs(1);
 const REFRESH_PENDING: Duration = Duration::from_millis(100);
 
 /// Runs until `stop` is set (by SIGINT/SIGTERM), then cleans up.
-pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
+/// `tables` is the snapshot built from `config` (the caller logs it).
+pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Error> {
     let device = netlink::device(&config.device).map_err(|e| match e {
         netlink::Error::NoSuchDevice(_) => Error::NoDevice(config.device.clone()),
         source => Error::Netlink {
@@ -94,10 +102,21 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
                 missing: missing.join(", "),
             });
         }
+        warn_memlock(caps, config);
     }
     clear_leftover(&device)?;
+    let longest = device.mtu + if config.vlan.is_some() { 18 } else { 14 };
+    if longest > xsk::MAX_FRAME {
+        log::warn!(
+            "{} has MTU {}: frames longer than {} bytes do not fit an AF_XDP frame; \
+             they go to the host unforwarded",
+            device.name,
+            device.mtu,
+            xsk::MAX_FRAME
+        );
+    }
 
-    let tables = Arc::new(super::tables(config, 1)?);
+    let tables = Arc::new(tables);
     if device.v4.is_empty() && device.v6.is_empty() {
         log::warn!(
             "{} has no IPv4 or IPv6 address: no GRE can be addressed to this node",
@@ -225,6 +244,11 @@ pub fn run(config: &Config, stop: &AtomicBool) -> Result<(), Error> {
     }
 
     log::info!("stopping: draining {} worker(s)", workers.len());
+    // The sockets close with their workers: read their counters first.
+    control.kernel = fds
+        .iter()
+        .map(|fd| xsk::statistics(*fd).unwrap_or_default())
+        .collect();
     shared.stop.store(true, Ordering::Relaxed);
     for (queue, handle) in workers.into_iter().enumerate() {
         if handle.join().is_err() {
@@ -254,7 +278,17 @@ fn clear_leftover(device: &netlink::Device) -> Result<(), Error> {
     let Some(attached) = device.xdp else {
         return Ok(());
     };
-    let name = xdp::program_name(attached.prog_id).unwrap_or_default();
+    if attached.mode == netlink::XdpMode::Multi {
+        return Err(Error::SeveralPrograms {
+            device: device.name.clone(),
+        });
+    }
+    let Some(name) = xdp::program_name(attached.prog_id) else {
+        return Err(Error::Unidentified {
+            device: device.name.clone(),
+            id: attached.prog_id,
+        });
+    };
     if name != xdp::PROGRAM_NAME {
         return Err(Error::ForeignProgram {
             device: device.name.clone(),
@@ -290,25 +324,27 @@ fn open_sockets(
         Mode::Generic => xsk::Copy::Copy,
     };
     let mut sockets = Vec::new();
-    for queue in 0..queues {
+    let mut queue = 0;
+    while queue < queues {
         let tap = host.and_then(|t| t.try_clone().ok());
-        let socket = match Socket::open(&device.name, queue, ring, copy, tap) {
-            Ok(s) => s,
-            Err(e)
-                if copy == xsk::Copy::ZeroCopy && config.forwarder.xdp_mode != XdpMode::Generic =>
-            {
+        match Socket::open(&device.name, queue, ring, copy, tap) {
+            Ok(socket) => {
+                steering.register(queue, socket.fd())?;
+                sockets.push(socket);
+                queue += 1;
+            }
+            Err(e) if copy == xsk::Copy::ZeroCopy && e.is_unsupported() => {
                 log::info!(
                     "{e}; {} has no zero-copy AF_XDP, using copy mode",
                     device.name
                 );
+                // Every queue in one mode: start over in copy mode.
                 copy = xsk::Copy::Copy;
-                let tap = host.and_then(|t| t.try_clone().ok());
-                Socket::open(&device.name, queue, ring, copy, tap)?
+                sockets.clear();
+                queue = 0;
             }
             Err(e) => return Err(e.into()),
-        };
-        steering.register(queue, socket.fd())?;
-        sockets.push(socket);
+        }
     }
     Ok((sockets, copy))
 }
@@ -332,7 +368,7 @@ fn start_workers(
             Some(list) if !list.is_empty() => Some(list[i % list.len()]),
             _ => (!cores.is_empty()).then(|| cores[i % cores.len()].id),
         };
-        let shared = Arc::clone(shared);
+        let worker_shared = Arc::clone(shared);
         let stats = Arc::clone(stats);
         let handle = std::thread::Builder::new()
             .name(format!("rr-worker-{queue}"))
@@ -342,14 +378,23 @@ fn start_workers(
                 {
                     log::warn!("worker {queue}: cannot pin to core {id}; running unpinned");
                 }
-                worker::run(&mut socket, &shared, &stats[i], settings);
+                worker::run(&mut socket, &worker_shared, &stats[i], settings);
                 socket.drain(Duration::from_millis(200));
-            })
-            .map_err(|e| Error::Worker {
-                queue,
-                message: e.to_string(),
-            })?;
-        handles.push(handle);
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Leave nothing running behind the error.
+                shared.stop.store(true, Ordering::Relaxed);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(Error::Worker {
+                    queue,
+                    message: e.to_string(),
+                });
+            }
+        }
     }
     Ok(handles)
 }
@@ -400,5 +445,26 @@ fn log_stats(stats: &[Stats], kernel: &[xsk::Statistics], tables: &Tables) {
         "xsk": kernel_total.to_json(),
         "table_generation": tables.generation(),
     });
-    eprintln!("{line}");
+    // A closed stderr is no reason to stop forwarding.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Without CAP_IPC_LOCK the UMEMs count against RLIMIT_MEMLOCK; say so
+/// when they will not fit, since the bind error would not.
+fn warn_memlock(caps: u64, config: &Config) {
+    if privileges::has_ipc_lock(caps) {
+        return;
+    }
+    let Some(limit) = crate::io::memlock_limit() else {
+        return;
+    };
+    let per_queue = u64::from(config.forwarder.ring_size) * 2 * u64::from(xsk::FRAME_SIZE);
+    if per_queue > limit {
+        log::warn!(
+            "without CAP_IPC_LOCK each queue's {} KiB UMEM counts against the memlock limit of {} KiB; \
+             raise it (ulimit -l) or grant CAP_IPC_LOCK",
+            per_queue / 1024,
+            limit / 1024
+        );
+    }
 }

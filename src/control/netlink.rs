@@ -16,7 +16,7 @@ use netlink_packet_core::{
     Parseable, ParseableParametrized,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressHeader, AddressHeaderFlags, AddressMessage, AddressMessageBuffer,
+    AddressAttribute, AddressHeader, AddressMessage, AddressMessageBuffer,
 };
 use netlink_packet_route::link::{
     LinkAttribute, LinkExtentMask, LinkHeader, LinkMessage, LinkMessageBuffer, LinkXdp, XdpAttached,
@@ -83,7 +83,7 @@ pub struct Device {
     pub tx_queues: u32,
     /// From IFLA_XDP: None when no program is attached.
     pub xdp: Option<XdpAttachment>,
-    /// Primary IPv4 addresses (secondaries left out), in kernel order.
+    /// IPv4 addresses in kernel order: each primary before its secondaries.
     pub v4: Vec<Ipv4Addr>,
     /// IPv6 addresses except link-local (fe80::/10), in kernel order.
     pub v6: Vec<Ipv6Addr>,
@@ -410,9 +410,8 @@ fn parse_address(payload: &[u8], index: u32) -> Result<Option<IpAddr>, Error> {
     }
     // IFA_LOCAL is ours; IFA_ADDRESS is the peer on point-to-point links.
     Ok(match local.or(address) {
-        Some(IpAddr::V4(ip)) if !header.flags.contains(AddressHeaderFlags::Secondary) => {
-            Some(IpAddr::V4(ip))
-        }
+        // Secondaries too: GRE to any of the node's addresses is ours.
+        Some(IpAddr::V4(ip)) => Some(IpAddr::V4(ip)),
         Some(IpAddr::V6(ip)) if !ip.is_unicast_link_local() => Some(IpAddr::V6(ip)),
         _ => None,
     })
@@ -1038,8 +1037,8 @@ mod tests {
             let dev = device("rr0").unwrap();
             assert_eq!(
                 dev.v4,
-                [Ipv4Addr::new(10, 99, 0, 1)],
-                "secondaries are left out"
+                [Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 3)],
+                "the primary, then its secondary"
             );
             let v6: Ipv6Addr = "2001:db8:99::1".parse().unwrap();
             assert_eq!(dev.v6, [v6], "link-local is left out");

@@ -4,6 +4,7 @@
 /// Capability numbers from linux/capability.h.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
+const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
@@ -33,6 +34,11 @@ pub fn missing(caps: u64) -> Vec<&'static str> {
         missing.push("CAP_BPF");
     }
     missing
+}
+
+/// Whether UMEM pages are exempt from RLIMIT_MEMLOCK.
+pub fn has_ipc_lock(caps: u64) -> bool {
+    caps & (1 << CAP_IPC_LOCK) != 0
 }
 
 #[cfg(test)]

@@ -217,13 +217,18 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
         let snapshot = shared.snapshot.load();
         let ctx = snapshot.context();
         let mut counters = Counters::default();
+        let mut last_miss = None;
         let n = port.poll(batch, |frame| {
             let outcome = process(frame, &ctx);
             counters.record(outcome.verdict);
             if let (Verdict::Drop(DropReason::NoNeighbour), Some(backend)) =
                 (outcome.verdict, outcome.backend)
+                && last_miss != Some(backend)
             {
-                // Never blocks: a full queue means resolutions are pending.
+                // Once per backend in a row, not per frame: the queue is
+                // shared by all workers. Never blocks: a full queue means
+                // resolutions are pending anyway.
+                last_miss = Some(backend);
                 let _ = shared.misses.push(backend);
             }
             outcome.verdict

@@ -60,7 +60,7 @@ pub fn run_live_frames(
         ingress_ifindex: ifindex,
         ..XdpMd::default()
     };
-    let attr = TestRunAttr {
+    let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: len,
         data_in: frame.as_ptr() as u64,
@@ -73,14 +73,14 @@ pub fn run_live_frames(
     };
     // SAFETY: bpf(2) reads `attr` (a live, correctly laid out
     // BPF_PROG_TEST_RUN attribute of the size we pass) and, through it,
-    // `frame` and `ctx`, which outlive the call; it writes only `retval`
-    // and `duration` inside `attr`, which we own. No output buffers are
-    // given.
+    // `frame` and `ctx`, which outlive the call. It writes back into
+    // `attr` only (retval, duration, the size fields), which we own
+    // mutably here; data_out and ctx_out are null, so nothing else.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            &attr as *const TestRunAttr,
+            &mut attr as *mut TestRunAttr,
             std::mem::size_of::<TestRunAttr>(),
         )
     };

@@ -29,6 +29,8 @@ pub enum Error {
         queue: u32,
         mode: &'static str,
         message: String,
+        /// The OS error, when there was one.
+        errno: Option<i32>,
     },
 }
 
@@ -37,6 +39,20 @@ pub enum Error {
 pub enum Copy {
     ZeroCopy,
     Copy,
+}
+
+impl Error {
+    /// True when the bind failed because the driver cannot do zero-copy
+    /// (as opposed to a busy queue, memory limits and the like).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(
+            self,
+            Error::Bind {
+                errno: Some(libc::EOPNOTSUPP | libc::EINVAL),
+                ..
+            }
+        )
+    }
 }
 
 impl Copy {
@@ -75,6 +91,12 @@ const KICK_AT: u32 = 32;
 /// The most TX kicks (syscalls) per batch.
 const KICKS: usize = 8;
 
+/// The UMEM frame size, and the longest frame a socket can receive in it
+/// (the kernel keeps 256 bytes of XDP headroom); `ffi/xdp/steer.c` passes
+/// longer frames to the host.
+pub const FRAME_SIZE: u32 = 2048;
+pub const MAX_FRAME: u32 = FRAME_SIZE - 256;
+
 /// The largest batch a socket handles at once.
 pub const MAX_BATCH: usize = 1024;
 
@@ -91,7 +113,7 @@ impl Socket {
     ) -> Result<Socket, Error> {
         let size = |n: u32| QueueSize::new(n).map_err(|e| Error::Setting(e.to_string()));
         let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(2048).map_err(|e| Error::Setting(e.to_string()))?)
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| Error::Setting(e.to_string()))?)
             .fill_queue_size(size(ring_size)?)
             .comp_queue_size(size(ring_size)?)
             .build()
@@ -119,6 +141,7 @@ impl Socket {
             queue,
             mode: copy.name(),
             message: "the name holds a NUL byte".to_string(),
+            errno: None,
         })?;
         // SAFETY: this UMEM is new and used by no other socket, so the
         // shared-UMEM precondition of `Socket::new` (the inhibit flag when
@@ -130,6 +153,9 @@ impl Socket {
                 queue,
                 mode: copy.name(),
                 message: super::chain(&e),
+                errno: std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .and_then(std::io::Error::raw_os_error),
             })?;
         let Some((mut fill, comp)) = rings else {
             return Err(Error::Bind {
@@ -137,6 +163,7 @@ impl Socket {
                 queue,
                 mode: copy.name(),
                 message: "libxdp returned no fill and completion rings".to_string(),
+                errno: None,
             });
         };
         let mut free = descs;
@@ -145,8 +172,10 @@ impl Socket {
         let ring = ring_size as usize;
         // SAFETY: every descriptor came from this UMEM and none is in any
         // ring yet, so handing these to the kernel gives it sole use.
-        let filled = unsafe { fill.produce(&free[free.len() - ring..]) };
-        free.truncate(free.len() - filled);
+        let from = free.len() - ring.min(free.len());
+        let filled = unsafe { fill.produce(&free[from..]) };
+        // produce took a prefix of that slice: forget exactly those.
+        free.drain(from..from + filled);
         let fd = tx.fd().as_raw_fd();
         let spare = free.first().copied();
         let scratch = |n| spare.map_or_else(Vec::new, |d| vec![d; n]);
@@ -178,14 +207,21 @@ impl Socket {
     /// every batch while any are outstanding, not only after new ones.
     #[inline]
     fn kick(&mut self) {
-        // Each kick sends a bounded number (32 on Linux); keep kicking
-        // while the ring still holds frames, a few times at most.
+        // In copy mode each kick sends a bounded number synchronously (32
+        // on Linux): kick again while that drains the ring, a few times at
+        // most. In zero-copy mode a kick only schedules the driver, so one
+        // that drained nothing ends the loop.
+        let mut queued = self.ring_size - self.tx.nb_free_exact();
         for _ in 0..KICKS {
-            let queued = self.ring_size - self.tx.nb_free_exact();
             if queued == 0 || !self.tx.needs_wakeup() {
                 break;
             }
             let _ = self.tx.wakeup();
+            let left = self.ring_size - self.tx.nb_free_exact();
+            if left >= queued {
+                break;
+            }
+            queued = left;
         }
     }
 
@@ -286,6 +322,12 @@ impl Port for Socket {
         self.kick();
         self.recycle();
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        if self.tx.nb_free(1) == 0 {
+            // Not idle but blocked: the TX ring is full, and RX is left
+            // alone until it has room. Sleep until it has.
+            let _ = self.tx.poll(ms);
+            return;
+        }
         // Sleeps until the RX ring has frames; the fill ring is topped up
         // above, so the first frame after an idle spell has a buffer.
         let _ = self.rx.poll(ms);

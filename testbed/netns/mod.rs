@@ -62,10 +62,15 @@ pub fn is_root() -> bool {
 
 /// Prints `skipped: <test>: needs root (network namespaces, AF_XDP)` and
 /// returns true when not root; returns false (and prints nothing) as root.
+/// Under CI (`CI=true`) these tests must run, so not being root fails.
 pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: CI runs as root and must run this test"
+    );
     eprintln!("skipped: {test}: needs root (network namespaces, AF_XDP)");
     true
 }
