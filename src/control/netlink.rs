@@ -77,10 +77,6 @@ pub struct Device {
     /// All zeros when the device has no 6-byte link-layer address.
     pub mac: [u8; 6],
     pub mtu: u32,
-    /// IFLA_NUM_RX_QUEUES (1 when absent).
-    pub rx_queues: u32,
-    /// IFLA_NUM_TX_QUEUES (1 when absent).
-    pub tx_queues: u32,
     /// From IFLA_XDP: None when no program is attached.
     pub xdp: Option<XdpAttachment>,
     /// IPv4 addresses in kernel order: each primary before its secondaries.
@@ -130,8 +126,6 @@ const RTM_NEWNEIGH: u16 = 28;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
-const IFLA_NUM_TX_QUEUES: u16 = 31;
-const IFLA_NUM_RX_QUEUES: u16 = 32;
 const IFLA_XDP: u16 = 43;
 const IFLA_ALT_IFNAME: u16 = 53;
 const IFA_ADDRESS: u16 = 1;
@@ -170,8 +164,6 @@ pub fn device(name: &str) -> Result<Device, Error> {
         index: link.index,
         mac: link.mac,
         mtu: link.mtu,
-        rx_queues: link.rx_queues,
-        tx_queues: link.tx_queues,
         xdp: link.xdp,
         v4,
         v6,
@@ -295,8 +287,6 @@ struct Link {
     name: Option<String>,
     mac: [u8; 6],
     mtu: u32,
-    rx_queues: u32,
-    tx_queues: u32,
     xdp: Option<XdpAttachment>,
     /// Every mode that has a program, from the per-mode prog ids.
     xdp_modes: Vec<XdpMode>,
@@ -310,22 +300,12 @@ fn parse_link(payload: &[u8]) -> Result<Link, Error> {
         name: None,
         mac: [0; 6],
         mtu: 0,
-        rx_queues: 1,
-        tx_queues: 1,
         xdp: None,
         xdp_modes: Vec::new(),
     };
     for nla in buf.attributes() {
         let nla = nla.map_err(malformed("RTM_NEWLINK attributes"))?;
-        if !matches!(
-            nla.kind(),
-            IFLA_ADDRESS
-                | IFLA_IFNAME
-                | IFLA_MTU
-                | IFLA_NUM_TX_QUEUES
-                | IFLA_NUM_RX_QUEUES
-                | IFLA_XDP
-        ) {
+        if !matches!(nla.kind(), IFLA_ADDRESS | IFLA_IFNAME | IFLA_MTU | IFLA_XDP) {
             continue;
         }
         match LinkAttribute::parse_with_param(&nla, header.interface_family)
@@ -338,8 +318,6 @@ fn parse_link(payload: &[u8]) -> Result<Link, Error> {
                 }
             }
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
-            LinkAttribute::NumRxQueues(n) => link.rx_queues = n,
-            LinkAttribute::NumTxQueues(n) => link.tx_queues = n,
             LinkAttribute::Xdp(xdp) => (link.xdp, link.xdp_modes) = parse_xdp(&xdp)?,
             _ => {}
         }
@@ -764,10 +742,13 @@ fn ext_ack_tlvs(tlvs: &[u8], flags: u16) -> Option<String> {
 }
 
 #[cfg(test)]
+#[path = "../../testbed/netns/mod.rs"]
+mod netns;
+
+#[cfg(test)]
 mod tests {
+    use super::netns;
     use super::*;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     fn lo_index() -> u32 {
         device("lo").expect("lo exists").index
@@ -779,7 +760,6 @@ mod tests {
         assert_eq!(lo.name, "lo");
         assert!(lo.index > 0);
         assert!(lo.mtu > 0);
-        assert!(lo.rx_queues >= 1 && lo.tx_queues >= 1);
         assert!(lo.v4.contains(&Ipv4Addr::LOCALHOST), "{lo:?}");
         assert_eq!(lo.xdp, None);
     }
@@ -906,133 +886,41 @@ mod tests {
         }
     }
 
-    // Namespace tests: everything is created inside a namespace the test made.
+    // Namespace tests: everything is created inside a namespace the test
+    // made, with the testbed's harness.
 
-    fn effective_uid() -> Option<u32> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-        line.split_whitespace().nth(2)?.parse().ok()
-    }
-
-    /// A named network namespace, deleted (by its exact name) on drop.
-    struct Netns {
-        name: String,
-    }
-
-    impl Netns {
-        /// None (after printing why) when the test has to be skipped.
-        fn create() -> Option<Netns> {
-            static NEXT: AtomicU32 = AtomicU32::new(0);
-            if effective_uid() != Some(0) {
-                println!("skipped: needs root (network namespaces)");
-                return None;
-            }
-            let name = format!(
-                "rrnl{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            match Command::new("ip").args(["netns", "add", &name]).output() {
-                Ok(out) if out.status.success() => Some(Netns { name }),
-                Ok(out) => {
-                    println!(
-                        "skipped: cannot create a network namespace: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                    None
-                }
-                Err(e) => {
-                    println!("skipped: cannot run ip: {e}");
-                    None
-                }
-            }
-        }
-
-        /// `ip -n NAME args...`, which must succeed.
-        fn ip(&self, args: &[&str]) {
-            let out = Command::new("ip")
-                .arg("-n")
-                .arg(&self.name)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-
-        /// Runs `f` on a thread that has entered the namespace.
-        fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-            let path = format!("/run/netns/{}", self.name);
-            std::thread::spawn(move || {
-                let ns = std::fs::File::open(&path).unwrap();
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &self.name])
-                .status();
-        }
+    /// None (after printing why) when not root.
+    fn namespace(test: &str) -> Option<netns::Netns> {
+        (!netns::skip_unless_root(test)).then(|| netns::Netns::new("nl"))
     }
 
     /// A veth pair rr0/rr1, both up, 10.99.0.1/24 (+ secondary 10.99.0.3)
     /// and 2001:db8:99::1/64 on rr0.
-    fn veth(ns: &Netns) {
-        ns.ip(&["link", "add", "rr0", "type", "veth", "peer", "name", "rr1"]);
-        ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "rr0"]);
-        ns.ip(&["addr", "add", "10.99.0.3/24", "dev", "rr0"]);
-        ns.ip(&["addr", "add", "2001:db8:99::1/64", "dev", "rr0", "nodad"]);
-        ns.ip(&["link", "set", "rr0", "up"]);
-        ns.ip(&["link", "set", "rr1", "up"]);
-        ns.ip(&[
-            "link",
-            "property",
-            "add",
-            "dev",
-            "rr0",
-            "altname",
-            "rr0-long-alternative",
-        ]);
+    fn veth(ns: &netns::Netns) {
+        ns.ip("link add rr0 type veth peer name rr1");
+        ns.ip("addr add 10.99.0.1/24 dev rr0");
+        ns.ip("addr add 10.99.0.3/24 dev rr0");
+        ns.ip("addr add 2001:db8:99::1/64 dev rr0 nodad");
+        ns.ip("link set rr0 up");
+        ns.ip("link set rr1 up");
+        ns.ip("link property add dev rr0 altname rr0-long-alternative");
     }
 
     #[test]
     fn veth_in_namespace_shows_addresses_neighbours_and_next_hops() {
-        let Some(ns) = Netns::create() else { return };
+        let Some(ns) = namespace("veth_in_namespace_shows_addresses") else {
+            return;
+        };
         veth(&ns);
         let mac = "02:00:00:00:00:02";
-        ns.ip(&[
-            "neigh",
-            "add",
-            "10.99.0.2",
-            "lladdr",
-            mac,
-            "dev",
-            "rr0",
-            "nud",
-            "permanent",
-        ]);
-        ns.ip(&[
-            "neigh",
-            "add",
-            "2001:db8:99::2",
-            "lladdr",
-            mac,
-            "dev",
-            "rr0",
-            "nud",
-            "permanent",
-        ]);
-        ns.ip(&["route", "add", "10.98.0.0/16", "via", "10.99.0.2"]);
-        ns.ip(&["route", "add", "2001:db8:98::/48", "via", "2001:db8:99::2"]);
+        ns.ip(&format!(
+            "neigh add 10.99.0.2 lladdr {mac} dev rr0 nud permanent"
+        ));
+        ns.ip(&format!(
+            "neigh add 2001:db8:99::2 lladdr {mac} dev rr0 nud permanent"
+        ));
+        ns.ip("route add 10.98.0.0/16 via 10.99.0.2");
+        ns.ip("route add 2001:db8:98::/48 via 2001:db8:99::2");
         ns.run(|| {
             let dev = device("rr0").unwrap();
             assert_eq!(
@@ -1043,7 +931,6 @@ mod tests {
             let v6: Ipv6Addr = "2001:db8:99::1".parse().unwrap();
             assert_eq!(dev.v6, [v6], "link-local is left out");
             assert_ne!(dev.mac, [0; 6]);
-            assert!(dev.rx_queues >= 1 && dev.tx_queues >= 1);
             assert_eq!(dev.mtu, 1500);
             assert_eq!(dev.xdp, None);
             let by_altname = device("rr0-long-alternative").unwrap();
@@ -1079,7 +966,9 @@ mod tests {
 
     #[test]
     fn detach_xdp_without_a_program_succeeds() {
-        let Some(ns) = Netns::create() else { return };
+        let Some(ns) = namespace("detach_xdp_without_a_program_succeeds") else {
+            return;
+        };
         veth(&ns);
         ns.run(|| {
             let index = device("rr0").unwrap().index;
