@@ -105,7 +105,9 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
         warn_memlock(caps, config);
     }
     clear_leftover(&device)?;
-    let longest = device.mtu + if config.vlan.is_some() { 18 } else { 14 };
+    let longest = device
+        .mtu
+        .saturating_add(if config.vlan.is_some() { 18 } else { 14 });
     if longest > xsk::MAX_FRAME {
         log::warn!(
             "{} has MTU {}: frames longer than {} bytes do not fit an AF_XDP frame; \
