@@ -110,6 +110,12 @@ impl World {
     }
 }
 
+/// SIGTERM: the node must drain and exit 0.
+fn stop_cleanly(node: ChildGuard) {
+    let (status, err) = node.stop(Signal::SIGTERM, WAIT);
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
 /// One inner UDP flow to the VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Flow {
@@ -328,8 +334,7 @@ fn gre_frames_reach_the_maglev_backend_with_rewritten_outer_headers_and_stay_the
     let stats = wait_for_stats(&node, |s| s["tx"].as_u64() >= Some(900));
     assert!(stats["tx"].as_u64() >= Some(900), "{stats}");
 
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 #[test]
@@ -355,8 +360,7 @@ fn two_nodes_with_the_same_configuration_pick_the_same_backend_for_every_flow() 
         );
     }
     for node in [a, b] {
-        let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-        assert_eq!(status.code(), Some(0));
+        stop_cleanly(node);
     }
 }
 
@@ -445,8 +449,7 @@ fn host_tcp_and_ping_keep_working_while_the_node_forwards() {
         stats["tx"].as_u64() > Some(tx_before),
         "it forwarded meanwhile: {stats}"
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 #[test]
@@ -493,8 +496,7 @@ fn malformed_frames_are_dropped_and_counted_and_forwarding_carries_on() {
         Some(100),
         "{stats}"
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 /// Builds the XDP program in `source` (a path) with clang into a temp dir.
@@ -543,8 +545,7 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
     let node = world.start(0, &[]);
     let seen = send_and_collect(&world, 0, &flows(20), 1);
     assert_eq!(seen.len(), 20, "forwards after a SIGKILLed run");
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
     assert_eq!(world.links(0), before);
 
     // A leftover attached the old way (netlink, no link): recognised by
@@ -565,8 +566,7 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
         "{}",
         node.stderr_so_far()
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
     assert!(!world.xdp_attached(0));
 
     // Someone else's program: refused in one line, left in place.
@@ -644,8 +644,7 @@ fn idle_adaptive_node_uses_almost_no_cpu_and_keeps_the_first_frame_after_idling(
     // After the idle spell, the very first frame goes through.
     let seen = send_and_collect(&world, 0, &flows(1), 1);
     assert_eq!(seen.len(), 1, "the first frame after idling was lost");
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 
     // The contrast: a spinning node burns its core while idle.
     let node = world.start(0, &[("RR_STATS_INTERVAL", "0"), ("RR_IDLE", "spin")]);
@@ -656,8 +655,7 @@ fn idle_adaptive_node_uses_almost_no_cpu_and_keeps_the_first_frame_after_idling(
         "a spinning node used only {:.1}% of a core",
         share * 100.0
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 fn is_protocol_unreachable(frame: &[u8]) -> bool {
@@ -701,8 +699,7 @@ fn steered_frames_the_pipeline_declines_reach_the_host_stack() {
         Some(0),
         "{stats}"
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 #[test]
@@ -750,8 +747,7 @@ fn unresolved_next_hops_are_counted_probed_and_forwarding_resumes_once_they_answ
         flows.len(),
         "forwarding to backend 0 did not resume"
     );
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
 
 #[test]
@@ -795,6 +791,5 @@ fn every_rx_queue_gets_a_socket_and_a_worker() {
     let q = queues();
     assert_eq!(q.as_array().map(Vec::len), Some(2), "{q}");
     assert!(both(&q), "a queue forwarded nothing: {q}");
-    let (status, _) = node.stop(Signal::SIGTERM, WAIT);
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(node);
 }
