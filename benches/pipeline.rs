@@ -187,6 +187,8 @@ fn pipeline(c: &mut Criterion) {
             hasher: &hasher,
             tables: &tables,
             neighbours: &neighbours,
+            flows: None,
+            now: 0,
         };
         // Every frame must really be forwarded, or the figure is meaningless.
         let mut forwarded = 0;

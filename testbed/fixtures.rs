@@ -63,10 +63,7 @@ impl Case {
             description,
             env: Rc::clone(env),
             input: frame.bytes(),
-            expected: Outcome {
-                verdict: Verdict::Forward,
-                backend: Some(backend),
-            },
+            expected: Outcome::of(Verdict::Forward, Some(backend)),
             output: frame.forwarded(NODE_MAC, next_hop, backend),
             gre: Some(gre_range(frame)),
         }
@@ -85,10 +82,7 @@ impl Case {
             env: Rc::clone(env),
             output: input.clone(),
             input,
-            expected: Outcome {
-                verdict,
-                backend: None,
-            },
+            expected: Outcome::of(verdict, None),
             gre: None,
         }
     }
@@ -706,10 +700,7 @@ pub fn cases() -> Vec<Case> {
     {
         let f = g4(t4_to(VIP_UNRESOLVED));
         c.push(Case {
-            expected: Outcome {
-                verdict: Verdict::Drop(NoNeighbour),
-                backend: Some(BE_UNRESOLVED.into()),
-            },
+            expected: Outcome::of(Verdict::Drop(NoNeighbour), Some(BE_UNRESOLVED.into())),
             ..Case::drop(
                 "backend with no neighbour entry and no gateway",
                 std,

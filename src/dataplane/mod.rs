@@ -5,12 +5,12 @@
 //! count its verdicts in `Counters`. Everything is decided before the frame
 //! is touched, so a frame that is not forwarded is left byte-identical.
 
+pub mod conntrack;
 pub mod flow;
 pub mod neighbours;
 pub mod tables;
 pub mod worker;
 
-use crate::maglev::Table;
 use crate::wire::{self, ethernet, gre, icmp, ip_proto, ipv4, ipv6, tcp, udp};
 use core::net::IpAddr;
 pub use neighbours::Neighbours;
@@ -83,19 +83,37 @@ impl DropReason {
 pub struct Outcome {
     pub verdict: Verdict,
     pub backend: Option<IpAddr>,
+    /// The backend's tracking id, when its service is tracked.
+    pub id: Option<u16>,
+    pub track: Track,
+}
+
+/// What connection tracking did for a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// Not looked up: not a flow of ours, tracking off, or an untracked service.
+    Off,
+    /// The flow was tracked on a backend that is still listed.
+    Hit,
+    /// New (or its backend is down or gone): picked from the Maglev table.
+    Miss,
 }
 
 impl Outcome {
-    const TO_HOST: Outcome = Outcome {
-        verdict: Verdict::ToHost,
-        backend: None,
-    };
+    pub const TO_HOST: Outcome = Outcome::of(Verdict::ToHost, None);
+
+    /// An untracked outcome.
+    pub const fn of(verdict: Verdict, backend: Option<IpAddr>) -> Outcome {
+        Outcome {
+            verdict,
+            backend,
+            id: None,
+            track: Track::Off,
+        }
+    }
 
     const fn drop(reason: DropReason) -> Outcome {
-        Outcome {
-            verdict: Verdict::Drop(reason),
-            backend: None,
-        }
+        Outcome::of(Verdict::Drop(reason), None)
     }
 }
 
@@ -106,6 +124,8 @@ pub struct Counters {
     pub forwarded: u64,
     pub to_host: u64,
     pub dropped: [u64; DropReason::COUNT],
+    pub flow_hits: u64,
+    pub flow_misses: u64,
 }
 
 impl Counters {
@@ -122,6 +142,15 @@ impl Counters {
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize]
     }
+
+    #[inline]
+    pub fn record_track(&mut self, track: Track) {
+        match track {
+            Track::Off => {}
+            Track::Hit => self.flow_hits += 1,
+            Track::Miss => self.flow_misses += 1,
+        }
+    }
 }
 
 /// What the data path reads: who we are, the tables, the neighbours.
@@ -135,6 +164,10 @@ pub struct Context<'a, N: Neighbours> {
     pub hasher: &'a flow::Hasher,
     pub tables: &'a Tables,
     pub neighbours: &'a N,
+    /// Connection tracking; None when off.
+    pub flows: Option<&'a conntrack::Table>,
+    /// The tracking clock, in seconds (see `conntrack::clock`).
+    pub now: u16,
 }
 
 /// A frame that is ours, parsed and hashed, waiting for its backend.
@@ -143,8 +176,9 @@ struct Flow<'t> {
     l3: usize,
     /// The node address it was sent to: the new outer source.
     local: Addr,
-    /// The service's table for the outer family.
-    table: &'t Table,
+    service: &'t Service,
+    /// Outer family: which of the service's tables applies.
+    v6: bool,
     hash: u64,
 }
 
@@ -159,11 +193,47 @@ enum Addr {
 #[inline]
 pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome {
     match classify(frame, ctx) {
-        Ok(flow) => match flow.table.lookup(flow.hash) {
-            Some(backend) => forward(frame, &flow, backend.addr, ctx),
-            None => Outcome::drop(DropReason::NoBackend),
+        Ok(flow) => match choose(&flow, ctx) {
+            Some((backend, id, track)) => {
+                let mut out = forward(frame, &flow, backend, ctx);
+                out.id = id;
+                out.track = track;
+                out
+            }
+            None => Outcome {
+                track: if ctx.flows.is_some() && flow.service.tracked() {
+                    Track::Miss
+                } else {
+                    Track::Off
+                },
+                ..Outcome::drop(DropReason::NoBackend)
+            },
         },
         Err(outcome) => outcome,
+    }
+}
+
+/// The tracked backend while it is still listed (up or draining), else
+/// the Maglev pick, which is then tracked.
+#[inline(always)]
+fn choose<N: Neighbours>(
+    flow: &Flow<'_>,
+    ctx: &Context<'_, N>,
+) -> Option<(IpAddr, Option<u16>, Track)> {
+    let tracking = ctx.flows.filter(|_| flow.service.tracked());
+    if let Some(flows) = tracking
+        && let Some(id) = flows.lookup(flow.hash, ctx.now)
+        && let Some(addr) = flow.service.tracked_backend(flow.v6, id)
+    {
+        return Some((addr, Some(id), Track::Hit));
+    }
+    let (addr, id) = flow.service.pick(flow.v6, flow.hash)?;
+    match (tracking, id) {
+        (Some(flows), Some(id)) => {
+            flows.insert(flow.hash, id, ctx.now);
+            Some((addr, Some(id), Track::Miss))
+        }
+        _ => Some((addr, id, Track::Off)),
     }
 }
 
@@ -191,7 +261,8 @@ fn classify<'t, N: Neighbours>(frame: &[u8], ctx: &Context<'t, N>) -> Result<Flo
             Ok(Flow {
                 l3,
                 local: Addr::V4(local),
-                table: service(ctx.tables, dst)?.v4(),
+                service: service(ctx.tables, dst)?,
+                v6: false,
                 hash,
             })
         }
@@ -207,7 +278,8 @@ fn classify<'t, N: Neighbours>(frame: &[u8], ctx: &Context<'t, N>) -> Result<Flo
             Ok(Flow {
                 l3,
                 local: Addr::V6(local),
-                table: service(ctx.tables, dst)?.v6(),
+                service: service(ctx.tables, dst)?,
+                v6: true,
                 hash,
             })
         }
@@ -224,10 +296,7 @@ fn forward<N: Neighbours>(
     ctx: &Context<'_, N>,
 ) -> Outcome {
     let Some(mac) = ctx.neighbours.lookup(backend) else {
-        return Outcome {
-            verdict: Verdict::Drop(DropReason::NoNeighbour),
-            backend: Some(backend),
-        };
+        return Outcome::of(Verdict::Drop(DropReason::NoNeighbour), Some(backend));
     };
     // `classify` validated these headers and the tables are per outer
     // family, so the fallbacks cannot happen; they leave the frame as it was
@@ -255,10 +324,7 @@ fn forward<N: Neighbours>(
         eth.set_src(ctx.mac);
         eth.set_dst(mac);
     }
-    Outcome {
-        verdict: Verdict::Forward,
-        backend: Some(backend),
-    }
+    Outcome::of(Verdict::Forward, Some(backend))
 }
 
 #[inline]
@@ -442,11 +508,18 @@ mod tests {
             hasher: &w.hasher,
             tables: &w.tables,
             neighbours: &w.neighbours,
+            flows: None,
+            now: 0,
         }
     }
 
     /// GRE to NODE carrying an inner IPv4/UDP datagram 10.0.0.9:1234 -> 192.0.2.1:53.
     fn gre_frame(ttl: u8) -> Vec<u8> {
+        gre_flow(ttl, 1234)
+    }
+
+    /// `gre_frame` from inner source port `port`.
+    fn gre_flow(ttl: u8, port: u16) -> Vec<u8> {
         let mut inner = vec![0u8; 28];
         ipv4::Repr {
             src: Ipv4Addr::new(10, 0, 0, 9),
@@ -457,7 +530,8 @@ mod tests {
         }
         .emit(&mut inner)
         .unwrap();
-        inner[20..28].copy_from_slice(&[0x04, 0xd2, 0, 53, 0, 8, 0, 0]);
+        let [p0, p1] = port.to_be_bytes();
+        inner[20..28].copy_from_slice(&[p0, p1, 0, 53, 0, 8, 0, 0]);
         let g = gre::Repr {
             protocol: gre::protocol::IPV4,
             checksum: false,
@@ -495,10 +569,7 @@ mod tests {
         let out = process(&mut f, &ctx(&w));
         assert_eq!(
             out,
-            Outcome {
-                verdict: Verdict::Forward,
-                backend: Some("10.1.0.1".parse().unwrap())
-            }
+            Outcome::of(Verdict::Forward, Some("10.1.0.1".parse().unwrap()))
         );
         let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
         assert_eq!((eth.src(), eth.dst()), (MAC, BACKEND_MAC));
@@ -529,10 +600,10 @@ mod tests {
         let mut f = gre_frame(64);
         assert_eq!(
             process(&mut f, &ctx(&w)),
-            Outcome {
-                verdict: Verdict::Drop(DropReason::NoNeighbour),
-                backend: Some("10.1.0.1".parse().unwrap())
-            }
+            Outcome::of(
+                Verdict::Drop(DropReason::NoNeighbour),
+                Some("10.1.0.1".parse().unwrap())
+            )
         );
     }
 
@@ -559,6 +630,147 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    /// The default set with tracking ids: a backend's id is its last octet.
+    fn tracked(backends: &[(&str, u32)]) -> Tables {
+        let set: Vec<Backend> = backends
+            .iter()
+            .map(|(a, w)| Backend {
+                addr: a.parse().unwrap(),
+                weight: *w,
+            })
+            .collect();
+        let id = |a: IpAddr| match a {
+            IpAddr::V4(v4) => Some(u16::from(v4.octets()[3])),
+            IpAddr::V6(_) => None,
+        };
+        let s = Service::build_tracked(None, &set, &[1; 16], 251, id).unwrap();
+        Tables::new(1, Some(s), Vec::new()).unwrap()
+    }
+
+    const FLOWS: u16 = 2000;
+
+    /// Each flow's backend (None when not forwarded) and the tracking counts.
+    fn run_flows(
+        tables: &Tables,
+        flows: Option<&conntrack::Table>,
+        ports: core::ops::Range<u16>,
+    ) -> (Vec<Option<IpAddr>>, Counters) {
+        let addrs = ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"];
+        let entries = addrs
+            .iter()
+            .map(|a| (a.parse().unwrap(), BACKEND_MAC))
+            .collect();
+        let w = World {
+            hasher: flow::Hasher::new(&[1; 16]),
+            tables: tables.clone(),
+            neighbours: neighbours::Static::new(entries, None),
+        };
+        let mut c = ctx(&w);
+        c.flows = flows;
+        c.now = 10;
+        let mut counters = Counters::default();
+        let picks = ports
+            .map(|port| {
+                let out = process(&mut gre_flow(64, port), &c);
+                counters.record(out.verdict);
+                counters.record_track(out.track);
+                (out.verdict == Verdict::Forward)
+                    .then_some(out.backend)
+                    .flatten()
+            })
+            .collect();
+        (picks, counters)
+    }
+
+    fn moved(a: &[Option<IpAddr>], b: &[Option<IpAddr>]) -> usize {
+        a.iter().zip(b).filter(|(x, y)| x != y).count()
+    }
+
+    #[test]
+    fn adding_a_backend_moves_no_tracked_flow() {
+        let three = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
+        let four = tracked(&[
+            ("10.1.0.1", 1),
+            ("10.1.0.2", 1),
+            ("10.1.0.3", 1),
+            ("10.1.0.4", 1),
+        ]);
+        let flows = conntrack::Table::new(1 << 16, 60);
+        let (before, c) = run_flows(&three, Some(&flows), 0..FLOWS);
+        assert_eq!((c.flow_misses, c.flow_hits, c.forwarded), (2000, 0, 2000));
+        let (after, c) = run_flows(&four, Some(&flows), 0..FLOWS);
+        assert_eq!(moved(&before, &after), 0);
+        assert_eq!((c.flow_hits, c.flow_misses), (2000, 0));
+        // Without tracking the new backend would have taken about a quarter.
+        let (untracked, _) = run_flows(&four, None, 0..FLOWS);
+        assert!(
+            moved(&before, &untracked) > 300,
+            "{}",
+            moved(&before, &untracked)
+        );
+        // New flows do reach the new backend.
+        let (new, _) = run_flows(&four, Some(&flows), FLOWS..2 * FLOWS);
+        let on_new = new
+            .iter()
+            .filter(|b| **b == Some("10.1.0.4".parse().unwrap()))
+            .count();
+        assert!(on_new > 300, "{on_new}");
+    }
+
+    #[test]
+    fn removing_a_backend_moves_exactly_its_own_flows() {
+        let three = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
+        let two = tracked(&[("10.1.0.1", 1), ("10.1.0.3", 1)]);
+        let flows = conntrack::Table::new(1 << 16, 60);
+        let gone: IpAddr = "10.1.0.2".parse().unwrap();
+        let (before, _) = run_flows(&three, Some(&flows), 0..FLOWS);
+        let (after, c) = run_flows(&two, Some(&flows), 0..FLOWS);
+        let own = before.iter().filter(|b| **b == Some(gone)).count();
+        assert!(own > 400, "{own}");
+        for (b, a) in before.iter().zip(&after) {
+            if *b == Some(gone) {
+                assert_ne!(*a, Some(gone));
+                assert!(a.is_some());
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(moved(&before, &after), own);
+        assert_eq!(c.flow_misses as usize, own, "the moved flows are re-picked");
+        // Re-picked flows are tracked on their new backend.
+        let (again, c) = run_flows(&two, Some(&flows), 0..FLOWS);
+        assert_eq!((moved(&after, &again), c.flow_hits), (0, 2000));
+    }
+
+    #[test]
+    fn draining_keeps_existing_flows_and_sends_new_ones_elsewhere() {
+        let up = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1), ("10.1.0.3", 1)]);
+        let drain = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 0), ("10.1.0.3", 1)]);
+        let draining: IpAddr = "10.1.0.2".parse().unwrap();
+        let flows = conntrack::Table::new(1 << 16, 60);
+        let (before, _) = run_flows(&up, Some(&flows), 0..FLOWS);
+        let (after, _) = run_flows(&drain, Some(&flows), 0..FLOWS);
+        assert!(before.contains(&Some(draining)));
+        assert_eq!(moved(&before, &after), 0);
+        let (new, c) = run_flows(&drain, Some(&flows), FLOWS..2 * FLOWS);
+        assert!(!new.contains(&Some(draining)));
+        assert_eq!((c.forwarded, c.flow_misses), (2000, 2000));
+    }
+
+    #[test]
+    fn untracked_services_and_tracking_off_never_touch_the_flow_table() {
+        let w = world(&["10.1.0.1"]);
+        let flows = conntrack::Table::new(64, 60);
+        let mut c = ctx(&w);
+        c.flows = Some(&flows);
+        let out = process(&mut gre_frame(64), &c);
+        assert_eq!(
+            (out.verdict, out.track, out.id),
+            (Verdict::Forward, Track::Off, None)
+        );
+        assert_eq!(flows.count(0), 0);
     }
 
     proptest! {

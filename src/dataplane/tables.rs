@@ -16,6 +16,8 @@ pub enum Error {
     },
     #[error("VIP {0} is listed more than once")]
     DuplicateVip(IpAddr),
+    #[error("{0}: a backend has no connection-tracking id")]
+    MissingId(String),
 }
 
 /// One backend set. A frame that arrived in an IPv4 outer header can only be
@@ -25,6 +27,36 @@ pub struct Service {
     vip: Option<IpAddr>,
     v4: Table,
     v6: Table,
+    ids_v4: Ids,
+    ids_v6: Ids,
+}
+
+/// Connection-tracking ids of one table's backends. Ids are stable across
+/// rebuilds (control code hands them out), so a tracked flow finds its
+/// backend again in a new table. Empty when the service is not tracked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Ids {
+    /// Indexed like the table's `backends()`.
+    by_index: Vec<u16>,
+    /// (id, index into `backends()`), sorted by id.
+    by_id: Vec<(u16, u16)>,
+}
+
+impl Ids {
+    fn new(table: &Table, id: &impl Fn(IpAddr) -> Option<u16>) -> Option<Ids> {
+        let by_index = table
+            .backends()
+            .iter()
+            .map(|b| id(b.addr))
+            .collect::<Option<Vec<u16>>>()?;
+        let mut by_id: Vec<(u16, u16)> = by_index
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u16))
+            .collect();
+        by_id.sort_unstable();
+        Some(Ids { by_index, by_id })
+    }
 }
 
 impl Service {
@@ -45,7 +77,72 @@ impl Service {
             vip,
             v4: Table::build(&v4, key, size).map_err(wrap)?,
             v6: Table::build(&v6, key, size).map_err(wrap)?,
+            ids_v4: Ids::default(),
+            ids_v6: Ids::default(),
         })
+    }
+
+    /// `build`, with every backend's connection-tracking id from `id`.
+    /// A backend without an id is an error: tracking is all or nothing.
+    pub fn build_tracked(
+        vip: Option<IpAddr>,
+        backends: &[Backend],
+        key: &Key,
+        size: usize,
+        id: impl Fn(IpAddr) -> Option<u16>,
+    ) -> Result<Service, Error> {
+        let mut s = Service::build(vip, backends, key, size)?;
+        let missing = |s: &Service| Error::MissingId(s.name());
+        s.ids_v4 = Ids::new(&s.v4, &id).ok_or_else(|| missing(&s))?;
+        s.ids_v6 = Ids::new(&s.v6, &id).ok_or_else(|| missing(&s))?;
+        Ok(s)
+    }
+
+    /// Whether flows of this service are tracked.
+    #[inline]
+    pub fn tracked(&self) -> bool {
+        !self.ids_v4.by_index.is_empty() || !self.ids_v6.by_index.is_empty()
+    }
+
+    /// The backend a new flow goes to, with its tracking id if tracked.
+    #[inline]
+    pub fn pick(&self, v6: bool, hash: u64) -> Option<(IpAddr, Option<u16>)> {
+        let (table, ids) = self.family(v6);
+        let (index, b) = table.pick(hash)?;
+        Some((b.addr, ids.by_index.get(index).copied()))
+    }
+
+    /// The backend a tracked flow is on, if it is still listed (up or
+    /// draining) in this service and family.
+    #[inline]
+    pub fn tracked_backend(&self, v6: bool, id: u16) -> Option<IpAddr> {
+        let (table, ids) = self.family(v6);
+        let i = ids.by_id.binary_search_by_key(&id, |e| e.0).ok()?;
+        let index = ids.by_id.get(i)?.1;
+        table.backends().get(usize::from(index)).map(|b| b.addr)
+    }
+
+    /// Every (tracking id, backend) of both families.
+    pub fn ids(&self) -> impl Iterator<Item = (u16, IpAddr)> + '_ {
+        let family = |t: &'_ Table, ids: &'_ Ids| {
+            ids.by_index
+                .iter()
+                .zip(t.backends())
+                .map(|(&id, b)| (id, b.addr))
+                .collect::<Vec<_>>()
+        };
+        family(&self.v4, &self.ids_v4)
+            .into_iter()
+            .chain(family(&self.v6, &self.ids_v6))
+    }
+
+    #[inline]
+    fn family(&self, v6: bool) -> (&Table, &Ids) {
+        if v6 {
+            (&self.v6, &self.ids_v6)
+        } else {
+            (&self.v4, &self.ids_v4)
+        }
     }
 
     pub fn vip(&self) -> Option<IpAddr> {

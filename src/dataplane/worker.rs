@@ -7,13 +7,13 @@
 //! except that an adaptive worker with nothing to do sleeps in the port's
 //! `wait` until traffic returns.
 
-use super::{Context, Counters, DropReason, Verdict, flow, neighbours, process};
+use super::{Context, Counters, DropReason, Verdict, conntrack, flow, neighbours, process};
 use crate::config::Idle;
 use crate::dataplane::Tables;
 use crate::wire::ethernet;
 use arc_swap::ArcSwap;
 use core::net::IpAddr;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
@@ -32,8 +32,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn context(&self) -> Context<'_, neighbours::Static> {
+    fn context<'a>(
+        &'a self,
+        flows: Option<&'a conntrack::Table>,
+        now: u16,
+    ) -> Context<'a, neighbours::Static> {
         Context {
+            flows,
+            now,
             mac: self.mac,
             local_v4: &self.local_v4,
             local_v6: &self.local_v6,
@@ -54,14 +60,21 @@ pub struct Shared {
     /// them. Full means a resolution is already pending: the miss is
     /// still counted, just not queued twice.
     pub misses: ArrayQueue<IpAddr>,
+    /// Connection tracking, kept across snapshots; None when off.
+    pub flows: Option<conntrack::Table>,
+    /// The tracking clock in seconds, advanced by the control thread so
+    /// workers never read a clock themselves.
+    pub now: AtomicU16,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(snapshot: Snapshot, flows: Option<conntrack::Table>) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             stop: AtomicBool::new(false),
             misses: ArrayQueue::new(256),
+            flows,
+            now: AtomicU16::new(0),
         }
     }
 }
@@ -107,9 +120,20 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// One worker's counters, readable by the control thread. Each worker is
 /// the only writer of its own, and they sit on their own cache lines so
 /// workers never contend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     inner: CachePadded<StatsInner>,
+    /// Frames forwarded per backend tracking id.
+    backends: Box<[AtomicU64]>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            inner: CachePadded::default(),
+            backends: (0..conntrack::MAX_IDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +144,8 @@ struct StatsInner {
     dropped: [AtomicU64; DropReason::COUNT],
     tx_full: AtomicU64,
     host_failed: AtomicU64,
+    flow_hits: AtomicU64,
+    flow_misses: AtomicU64,
     /// Batches polled, busy or idle: advances while the worker is alive.
     polls: AtomicU64,
 }
@@ -134,6 +160,8 @@ pub struct Totals {
     pub dropped: [u64; DropReason::COUNT],
     pub tx_full: u64,
     pub host_failed: u64,
+    pub flow_hits: u64,
+    pub flow_misses: u64,
     pub polls: u64,
 }
 
@@ -147,6 +175,8 @@ impl Totals {
         }
         self.tx_full += other.tx_full;
         self.host_failed += other.host_failed;
+        self.flow_hits += other.flow_hits;
+        self.flow_misses += other.flow_misses;
         self.polls += other.polls;
     }
 
@@ -165,6 +195,7 @@ impl Totals {
             "tx": self.tx,
             "to_host": self.to_host,
             "dropped": dropped,
+            "flows": {"hits": self.flow_hits, "misses": self.flow_misses},
         })
     }
 }
@@ -188,7 +219,23 @@ impl Stats {
         }
         bump(&s.tx_full, port.tx_full);
         bump(&s.host_failed, port.host_failed);
+        bump(&s.flow_hits, batch.flow_hits);
+        bump(&s.flow_misses, batch.flow_misses);
         bump(&s.polls, 1);
+    }
+
+    #[inline]
+    fn count_backend(&self, id: u16) {
+        if let Some(counter) = self.backends.get(usize::from(id)) {
+            counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+        }
+    }
+
+    /// Frames sent to the backend with this tracking id.
+    pub fn backend_packets(&self, id: u16) -> u64 {
+        self.backends
+            .get(usize::from(id))
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     pub fn read(&self) -> Totals {
@@ -204,6 +251,8 @@ impl Stats {
             dropped,
             tx_full: s.tx_full.load(Relaxed),
             host_failed: s.host_failed.load(Relaxed),
+            flow_hits: s.flow_hits.load(Relaxed),
+            flow_misses: s.flow_misses.load(Relaxed),
             polls: s.polls.load(Relaxed),
         }
     }
@@ -215,12 +264,16 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
     let mut idle_since: Option<Instant> = None;
     while !shared.stop.load(Relaxed) {
         let snapshot = shared.snapshot.load();
-        let ctx = snapshot.context();
+        let ctx = snapshot.context(shared.flows.as_ref(), shared.now.load(Relaxed));
         let mut counters = Counters::default();
         let mut last_miss = None;
         let n = port.poll(batch, |frame| {
             let outcome = process(frame, &ctx);
             counters.record(outcome.verdict);
+            counters.record_track(outcome.track);
+            if let (Verdict::Forward, Some(id)) = (outcome.verdict, outcome.id) {
+                stats.count_backend(id);
+            }
             if let (Verdict::Drop(DropReason::NoNeighbour), Some(backend)) =
                 (outcome.verdict, outcome.backend)
                 && last_miss != Some(backend)

@@ -95,9 +95,15 @@ impl Table {
     /// they cost a predictable branch each and keep this free of panics.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<&Backend> {
+        self.pick(hash).map(|(_, b)| b)
+    }
+
+    /// `lookup`, plus the backend's index in `backends()`.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<(usize, &Backend)> {
         let slot = fast_range(hash, self.slots.len());
-        let index = *self.slots.get(slot)?;
-        self.backends.get(usize::from(index))
+        let index = usize::from(*self.slots.get(slot)?);
+        Some((index, self.backends.get(index)?))
     }
 
     /// M, the number of slots the table was built for.

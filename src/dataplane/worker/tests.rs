@@ -70,7 +70,7 @@ fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
 /// The backend `snapshot` gives flow `i`.
 fn expected(snapshot: &Snapshot, i: u32) -> Ipv4Addr {
     let mut f = frame(i);
-    let outcome = process(&mut f, &snapshot.context());
+    let outcome = process(&mut f, &snapshot.context(None, 0));
     assert_eq!(outcome.verdict, Verdict::Forward);
     match outcome.backend {
         Some(IpAddr::V4(a)) => a,
@@ -136,10 +136,10 @@ fn every_frame_forwarded_during_swaps_matches_one_whole_snapshot() {
     let want_b: Vec<Ipv4Addr> = (0..FLOWS).map(|i| expected(&b, i)).collect();
     let (a, b) = (Arc::new(a), Arc::new(b));
 
-    let shared = Arc::new(Shared::new(snapshot(
-        1,
-        &["10.1.0.1", "10.1.0.2", "10.1.0.3"],
-    )));
+    let shared = Arc::new(Shared::new(
+        snapshot(1, &["10.1.0.1", "10.1.0.2", "10.1.0.3"]),
+        None,
+    ));
     let stats = Arc::new(Stats::default());
     let port = Arc::new(Mutex::new(MemPort {
         flows: FLOWS,
@@ -226,7 +226,7 @@ fn counters_add_up_per_verdict_and_port_drops() {
 fn missing_next_hop_queues_the_backend_and_counts_no_neighbour() {
     let mut s = snapshot(1, &["10.1.0.1"]);
     s.neighbours = neighbours::Static::new(Vec::new(), None);
-    let shared = Arc::new(Shared::new(s));
+    let shared = Arc::new(Shared::new(s, None));
     let stats = Stats::default();
     let mut port = MemPort {
         flows: 4,
@@ -277,7 +277,7 @@ impl Port for IdlePort {
 #[test]
 fn adaptive_worker_sleeps_when_idle_and_spin_worker_never_does() {
     for (idle, slept) in [(Idle::Adaptive, true), (Idle::Spin, false)] {
-        let shared = Arc::new(Shared::new(snapshot(1, &["10.1.0.1"])));
+        let shared = Arc::new(Shared::new(snapshot(1, &["10.1.0.1"]), None));
         let mut port = IdlePort {
             empty_polls: 20_000,
             sleeps: 0,

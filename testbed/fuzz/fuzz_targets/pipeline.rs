@@ -53,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
         hasher: &w.hasher,
         tables: &w.tables,
         neighbours: &w.neighbours,
+        flows: None,
+        now: 0,
     };
     let mut out = frame.to_vec();
     let outcome = dataplane::process(&mut out, &ctx);
