@@ -1,0 +1,1233 @@
+//! The HTTP/JSON control API: health, Prometheus metrics, and runtime
+//! backend changes.
+//!
+//! [`handle`] is the whole contract as a pure function of method, URL and
+//! body; [`Server`] is the tiny_http glue that serves it on its own thread
+//! (`rr-api`), never on a worker. The rest of the program is reached only
+//! through the [`Control`] trait.
+//!
+//! | method and path | success |
+//! | --- | --- |
+//! | `GET /healthz` | 200 `ok` (text) or 503 with the reason |
+//! | `GET /metrics` | 200 Prometheus text |
+//! | `GET /v1/vips` | 200 JSON from [`Control::vips`] |
+//! | `PUT /v1/vips/{vip}/backends/{addr}` | 201 created or 200 changed: `{"generation": G, "backend": ...}` |
+//! | `DELETE /v1/vips/{vip}/backends/{addr}` | 200 `{"generation": G}` |
+//!
+//! Errors are JSON `{"error": "...", "field": "..."}`.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::MAX_WEIGHT;
+
+/// The largest request body read, in bytes; larger ones get 413.
+pub const MAX_BODY: usize = 4096;
+
+/// tiny_http 0.12 drains an unread `Content-Length` body when the request
+/// is dropped, allocating the whole remainder at once (tiny-http issue
+/// #252): a huge declared length would abort the process. Up to this size
+/// we let it drain; above it the request is leaked instead (see [`serve`]).
+const DRAIN_MAX: usize = 16 << 20;
+
+/// How long [`Server`]'s drop waits for the thread, which may be stuck
+/// reading from a slow client, before leaving it behind.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain";
+const PROMETHEUS: &str = "text/plain; version=0.0.4";
+
+/// A service name in a URL: `default` (the RR_TARGET_IPS set) or a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    Default,
+    Vip(IpAddr),
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceName::Default => f.write_str("default"),
+            ServiceName::Vip(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        if s == "default" {
+            return Ok(ServiceName::Default);
+        }
+        s.parse()
+            .map(ServiceName::Vip)
+            .map_err(|_| ParseError::new(s, "`default` or an IP address"))
+    }
+}
+
+/// A backend's administrative state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    Down,
+    Drain,
+}
+
+impl State {
+    /// The name used in JSON and URLs: `up`, `down` or `drain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+            State::Drain => "drain",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for State {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "up" => Ok(State::Up),
+            "down" => Ok(State::Down),
+            "drain" => Ok(State::Drain),
+            _ => Err(ParseError::new(s, "up, down or drain")),
+        }
+    }
+}
+
+/// Text that is not a [`ServiceName`] or [`State`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} is not {expected}", quote(input))]
+pub struct ParseError {
+    pub input: String,
+    pub expected: &'static str,
+}
+
+impl ParseError {
+    fn new(input: &str, expected: &'static str) -> Self {
+        ParseError {
+            input: input.to_string(),
+            expected,
+        }
+    }
+}
+
+/// What a PUT asks to change; `None` leaves the current value (or the
+/// default for a new backend).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub weight: Option<u32>,
+    pub state: Option<State>,
+}
+
+/// Why [`Control`] refused a change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChangeError {
+    /// 404, field `vip`.
+    #[error("unknown VIP {0}")]
+    UnknownVip(ServiceName),
+    /// 404, field `addr`.
+    #[error("no backend {addr} in {service}")]
+    UnknownBackend { service: ServiceName, addr: IpAddr },
+    /// 400 naming `field`, e.g. when the table cannot be built.
+    #[error("{message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// What the API needs from the rest of the program.
+pub trait Control: Send + Sync {
+    /// GET /v1/vips body.
+    fn vips(&self) -> Value;
+    /// Adds or changes a backend, swapping in one new table; returns the
+    /// new table generation, the backend as JSON, and whether it was created.
+    fn put_backend(
+        &self,
+        service: ServiceName,
+        addr: IpAddr,
+        change: Change,
+    ) -> Result<(u64, Value, bool), ChangeError>;
+    /// Removes a backend; returns the new table generation.
+    fn delete_backend(&self, service: ServiceName, addr: IpAddr) -> Result<u64, ChangeError>;
+    /// Ok when every worker polled within the last second; Err(reason) otherwise.
+    fn healthz(&self) -> Result<(), String>;
+    /// Prometheus text.
+    fn metrics(&self) -> String;
+}
+
+/// A request body over [`MAX_BODY`] bytes (not read into memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+/// An HTTP response, independent of the server library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Response {
+    fn text(status: u16, content_type: &'static str, body: String) -> Self {
+        Response {
+            status,
+            content_type,
+            body,
+            allow: None,
+        }
+    }
+
+    fn json(status: u16, value: &Value) -> Self {
+        // Value's Display is compact JSON and cannot fail.
+        Response::text(status, JSON, format!("{value}\n"))
+    }
+
+    fn error(status: u16, message: &str, field: Option<&str>) -> Self {
+        let mut body = Map::new();
+        body.insert("error".into(), one_line(message).into());
+        if let Some(field) = field {
+            body.insert("field".into(), field.into());
+        }
+        Response::json(status, &Value::Object(body))
+    }
+
+    fn bad(message: &str, field: &str) -> Self {
+        Response::error(400, message, Some(field))
+    }
+}
+
+/// The endpoints, with path parameters still percent-encoded.
+enum Route<'a> {
+    Healthz,
+    Metrics,
+    Vips,
+    Backend { vip: &'a str, addr: &'a str },
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Option<Self> {
+        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        match segments.as_slice() {
+            ["healthz"] => Some(Route::Healthz),
+            ["metrics"] => Some(Route::Metrics),
+            ["v1", "vips"] => Some(Route::Vips),
+            ["v1", "vips", vip, "backends", addr] => Some(Route::Backend { vip, addr }),
+            _ => None,
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Backend { .. } => "PUT, DELETE",
+            _ => "GET",
+        }
+    }
+}
+
+/// Answers one request. Never panics, whatever the input.
+pub fn handle(
+    control: &dyn Control,
+    method: &str,
+    url: &str,
+    body: Result<&[u8], TooLarge>,
+) -> Response {
+    // `split` always yields at least one piece; the query is ignored.
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let Some(route) = Route::parse(path) else {
+        return Response::error(404, "no such endpoint", None);
+    };
+    let allow = route.allow();
+    if !allow.split(", ").any(|m| m == method) {
+        let mut response =
+            Response::error(405, &format!("method {} not allowed", quote(method)), None);
+        response.allow = Some(allow);
+        return response;
+    }
+    let Ok(body) = body else {
+        return Response::error(
+            413,
+            &format!("body larger than {MAX_BODY} bytes"),
+            Some("body"),
+        );
+    };
+    match route {
+        Route::Healthz => match control.healthz() {
+            Ok(()) => Response::text(200, TEXT, "ok\n".into()),
+            Err(reason) => Response::text(503, TEXT, format!("{}\n", one_line(&reason))),
+        },
+        Route::Metrics => Response::text(200, PROMETHEUS, control.metrics()),
+        Route::Vips => Response::json(200, &control.vips()),
+        Route::Backend { vip, addr } => backend(control, method, vip, addr, body),
+    }
+}
+
+fn backend(control: &dyn Control, method: &str, vip: &str, addr: &str, body: &[u8]) -> Response {
+    let vip = percent_decode(vip).unwrap_or_else(|| vip.to_string());
+    let Ok(service) = vip.parse::<ServiceName>() else {
+        let message = format!("vip {} is not `default` or an IP address", quote(&vip));
+        return Response::bad(&message, "vip");
+    };
+    let addr = percent_decode(addr).unwrap_or_else(|| addr.to_string());
+    let Ok(addr) = addr.parse::<IpAddr>() else {
+        let message = format!("addr {} is not an IP address", quote(&addr));
+        return Response::bad(&message, "addr");
+    };
+    if method == "DELETE" {
+        return match control.delete_backend(service, addr) {
+            Ok(generation) => Response::json(200, &json!({ "generation": generation })),
+            Err(e) => change_error(&e),
+        };
+    }
+    let change = match parse_change(body) {
+        Ok(change) => change,
+        Err(response) => return response,
+    };
+    match control.put_backend(service, addr, change) {
+        Ok((generation, backend, created)) => Response::json(
+            if created { 201 } else { 200 },
+            &json!({ "generation": generation, "backend": backend }),
+        ),
+        Err(e) => change_error(&e),
+    }
+}
+
+fn change_error(e: &ChangeError) -> Response {
+    let (status, field) = match e {
+        ChangeError::UnknownVip(_) => (404, "vip"),
+        ChangeError::UnknownBackend { .. } => (404, "addr"),
+        ChangeError::Invalid { field, .. } => (400, *field),
+    };
+    Response::error(status, &e.to_string(), Some(field))
+}
+
+/// The PUT body: empty, or a JSON object with only `weight` and `state`.
+fn parse_change(body: &[u8]) -> Result<Change, Response> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(Response::bad("body is not UTF-8", "body"));
+    };
+    if text.trim().is_empty() {
+        return Ok(Change::default());
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Response::bad(&format!("body is not valid JSON: {e}"), "body"))?;
+    let Value::Object(object) = value else {
+        return Err(Response::bad("body is not a JSON object", "body"));
+    };
+    // Unknown keys first, so a typo is reported as such.
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "weight" | "state"))
+    {
+        let message = format!("unknown field {}: expected weight or state", quote(key));
+        return Err(Response::bad(&message, key));
+    }
+    let weight = object
+        .get("weight")
+        .map(|w| {
+            w.as_u64()
+                .and_then(|w| u32::try_from(w).ok())
+                .filter(|w| *w <= MAX_WEIGHT)
+                .ok_or_else(|| {
+                    let message = format!("weight is not an integer from 0 to {MAX_WEIGHT}");
+                    Response::bad(&message, "weight")
+                })
+        })
+        .transpose()?;
+    let state = object
+        .get("state")
+        .map(|s| match s.as_str() {
+            Some(s) => s
+                .parse::<State>()
+                .map_err(|e| Response::bad(&format!("state {e}"), "state")),
+            None => Err(Response::bad(
+                "state is not a string: up, down or drain",
+                "state",
+            )),
+        })
+        .transpose()?;
+    Ok(Change { weight, state })
+}
+
+/// Decodes `%XX` escapes (so IPv6 addresses may come as `2001%3Adb8%3A%3A1`);
+/// `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = bytes.next().and_then(hex)?;
+            let lo = bytes.next().and_then(hex)?;
+            out.push(hi << 4 | lo);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// Client text in a message: quoted, escaped (so one line) and cut short.
+fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", s.get(..cut).unwrap_or_default()),
+        None => format!("{s:?}"),
+    }
+}
+
+/// Error messages are promised to be one line.
+fn one_line(s: &str) -> String {
+    s.trim_end()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Why the control API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on RR_API={addr}: {error}")]
+    Listen { addr: SocketAddr, error: io::Error },
+    #[error("cannot start the rr-api thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// The API served on thread `rr-api` until dropped.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    local_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    /// Disconnects when the thread ends.
+    done: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `addr` (an error if it is taken) and starts serving.
+    pub fn start(addr: SocketAddr, control: Arc<dyn Control>) -> Result<Server, Error> {
+        let listen = |error| Error::Listen { addr, error };
+        let listener = TcpListener::bind(addr).map_err(listen)?;
+        let local_addr = listener.local_addr().map_err(listen)?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| listen(io::Error::other(e)))?;
+        let http = Arc::new(http);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rr-api".into())
+            .spawn({
+                let http = Arc::clone(&http);
+                let stopping = Arc::clone(&stopping);
+                move || {
+                    let _done = done_tx;
+                    run(&http, control.as_ref(), &stopping);
+                }
+            })
+            .map_err(Error::Spawn)?;
+        log::info!("control API listening on http://{local_addr}");
+        Ok(Server {
+            http,
+            local_addr,
+            stopping,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.http.unblock();
+        // A thread stuck reading a slow client's body is left behind rather
+        // than holding up shutdown.
+        match self.done.recv_timeout(STOP_WAIT) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                log::warn!("control API thread still busy with a client; not waiting for it");
+            }
+        }
+    }
+}
+
+fn run(http: &tiny_http::Server, control: &dyn Control, stopping: &AtomicBool) {
+    loop {
+        match http.recv() {
+            Ok(request) => serve(control, request),
+            Err(e) => {
+                // Unblocked by drop, or tiny_http's accept thread died.
+                if !stopping.load(Ordering::Relaxed) {
+                    log::error!("control API stopped: {e}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Reads at most [`MAX_BODY`] + 1 bytes, so a chunked body cannot grow
+/// without bound.
+fn read_body(reader: &mut dyn Read) -> io::Result<Result<Vec<u8>, TooLarge>> {
+    let mut body = Vec::new();
+    reader.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
+    Ok(if body.len() > MAX_BODY {
+        Err(TooLarge)
+    } else {
+        Ok(body)
+    })
+}
+
+fn serve(control: &dyn Control, mut request: tiny_http::Request) {
+    let method = request.method().as_str().to_owned();
+    let url = request.url().to_owned();
+    let declared = request.body_length();
+    // tiny_http reads a body with an unparseable Content-Length as empty,
+    // which would turn a PUT into an unintended no-op change.
+    let header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
+    let bad_length = declared.is_none() && header("Content-Length") && !header("Transfer-Encoding");
+    // Checked before reading, so neither `100 Continue` nor the body is
+    // exchanged for a body we will refuse.
+    let response = if bad_length {
+        Response::bad("Content-Length is not a byte count", "body")
+    } else if declared.is_some_and(|n| n > MAX_BODY) {
+        handle(control, &method, &url, Err(TooLarge))
+    } else {
+        match read_body(request.as_reader()) {
+            Ok(Ok(body)) => handle(control, &method, &url, Ok(&body)),
+            Ok(Err(TooLarge)) => handle(control, &method, &url, Err(TooLarge)),
+            Err(e) => Response::bad(&format!("cannot read body: {e}"), "body"),
+        }
+    };
+    if !matches!(method.as_str(), "GET" | "HEAD") {
+        let path = url.split('?').next().unwrap_or_default();
+        let peer = request
+            .remote_addr()
+            .map_or_else(String::new, |a| format!(" from {a}"));
+        log::info!("api {method:?} {path:?}{peer} -> {}", response.status);
+    }
+    if let Some(n) = declared.filter(|n| *n > DRAIN_MAX) {
+        // Responding drops the request, and dropping it would allocate the
+        // declared length (see DRAIN_MAX); leak its connection instead.
+        log::warn!("control API: request declared a {n} byte body; connection abandoned");
+        std::mem::forget(request);
+        return;
+    }
+    if let Err(e) = request.respond(to_tiny(response)) {
+        log::debug!("control API: cannot send response: {e}");
+    }
+}
+
+fn to_tiny(r: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    // Bodies are in memory: always send Content-Length, never chunked.
+    let mut out = tiny_http::Response::from_data(r.body.into_bytes())
+        .with_status_code(r.status)
+        .with_chunked_threshold(usize::MAX);
+    let headers = [
+        Some(("Content-Type", r.content_type)),
+        r.allow.map(|allow| ("Allow", allow)),
+    ];
+    for (name, value) in headers.into_iter().flatten() {
+        // Both are our constants, so always valid header text.
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            out.add_header(header);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Put(ServiceName, IpAddr, Change),
+        Delete(ServiceName, IpAddr),
+    }
+
+    /// Records changes; answers generation 7 to PUT and 8 to DELETE.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<Call>>,
+        created: bool,
+        refuse: Option<fn() -> ChangeError>,
+        unhealthy: Option<&'static str>,
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl Control for Fake {
+        fn vips(&self) -> Value {
+            json!({ "vips": [{ "vip": "default", "backends": [] }] })
+        }
+
+        fn put_backend(
+            &self,
+            service: ServiceName,
+            addr: IpAddr,
+            change: Change,
+        ) -> Result<(u64, Value, bool), ChangeError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(Call::Put(service, addr, change.clone()));
+            if let Some(refuse) = self.refuse {
+                return Err(refuse());
+            }
+            let state = change.state.unwrap_or(State::Up).name();
+            let backend = json!({ "addr": addr.to_string(), "weight": change.weight.unwrap_or(1), "state": state });
+            Ok((7, backend, self.created))
+        }
+
+        fn delete_backend(&self, service: ServiceName, addr: IpAddr) -> Result<u64, ChangeError> {
+            self.calls.lock().unwrap().push(Call::Delete(service, addr));
+            match self.refuse {
+                Some(refuse) => Err(refuse()),
+                None => Ok(8),
+            }
+        }
+
+        fn healthz(&self) -> Result<(), String> {
+            self.unhealthy
+                .map_or(Ok(()), |reason| Err(reason.to_string()))
+        }
+
+        fn metrics(&self) -> String {
+            "# TYPE rr_table_generation gauge\nrr_table_generation 7\n".to_string()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn json_of(r: &Response) -> Value {
+        assert_eq!(r.content_type, JSON, "{r:?}");
+        assert!(r.body.ends_with('\n'));
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    fn put(control: &dyn Control, url: &str, body: &str) -> Response {
+        handle(control, "PUT", url, Ok(body.as_bytes()))
+    }
+
+    #[test]
+    fn healthz_ok_is_200_text_ok() {
+        let r = handle(&Fake::default(), "GET", "/healthz", Ok(b""));
+        assert_eq!(
+            (r.status, r.content_type, r.body.as_str()),
+            (200, "text/plain", "ok\n")
+        );
+    }
+
+    #[test]
+    fn healthz_failure_is_503_with_the_reason_on_one_line() {
+        let fake = Fake {
+            unhealthy: Some("worker 1 silent\nfor 3 s"),
+            ..Fake::default()
+        };
+        let r = handle(&fake, "GET", "/healthz", Ok(b""));
+        assert_eq!(
+            (r.status, r.content_type, r.body.as_str()),
+            (503, "text/plain", "worker 1 silent for 3 s\n")
+        );
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_from_control() {
+        let r = handle(&Fake::default(), "GET", "/metrics", Ok(b""));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "text/plain; version=0.0.4");
+        assert_eq!(r.body, Fake::default().metrics());
+    }
+
+    #[test]
+    fn vips_are_the_json_control_builds() {
+        let r = handle(&Fake::default(), "GET", "/v1/vips?pretty=1", Ok(b""));
+        assert_eq!(r.status, 200);
+        assert_eq!(json_of(&r), Fake::default().vips());
+    }
+
+    #[test]
+    fn put_of_new_backend_is_201_with_generation_and_backend() {
+        let fake = Fake {
+            created: true,
+            ..Fake::default()
+        };
+        let r = put(
+            &fake,
+            "/v1/vips/192.0.2.10/backends/10.2.0.1",
+            r#"{"weight": 3, "state": "drain"}"#,
+        );
+        assert_eq!(r.status, 201);
+        assert_eq!(
+            json_of(&r),
+            json!({ "generation": 7, "backend": { "addr": "10.2.0.1", "weight": 3, "state": "drain" } })
+        );
+        let change = Change {
+            weight: Some(3),
+            state: Some(State::Drain),
+        };
+        assert_eq!(
+            fake.calls(),
+            [Call::Put(
+                ServiceName::Vip(ip("192.0.2.10")),
+                ip("10.2.0.1"),
+                change
+            )]
+        );
+    }
+
+    #[test]
+    fn put_of_existing_backend_is_200() {
+        let fake = Fake::default();
+        let r = put(
+            &fake,
+            "/v1/vips/default/backends/10.1.0.1",
+            r#"{"weight": 0}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(json_of(&r)["generation"], 7);
+        let change = Change {
+            weight: Some(0),
+            state: None,
+        };
+        assert_eq!(
+            fake.calls(),
+            [Call::Put(ServiceName::Default, ip("10.1.0.1"), change)]
+        );
+    }
+
+    #[test]
+    fn put_with_empty_body_changes_nothing() {
+        let fake = Fake::default();
+        for body in ["", " \r\n", "{}"] {
+            assert_eq!(
+                put(&fake, "/v1/vips/default/backends/10.1.0.1", body).status,
+                200
+            );
+        }
+        let call = Call::Put(ServiceName::Default, ip("10.1.0.1"), Change::default());
+        assert_eq!(fake.calls(), [call.clone(), call.clone(), call]);
+    }
+
+    #[test]
+    fn ipv6_vip_and_addr_may_be_percent_encoded_or_plain() {
+        let fake = Fake::default();
+        let urls = [
+            "/v1/vips/2001%3Adb8%3A%3A10/backends/2001%3adb8%3a%3a1",
+            "/v1/vips/2001:db8::10/backends/2001:db8::1",
+        ];
+        for url in urls {
+            assert_eq!(put(&fake, url, "").status, 200, "{url}");
+            assert_eq!(handle(&fake, "DELETE", url, Ok(b"")).status, 200, "{url}");
+        }
+        let (vip, addr) = (ServiceName::Vip(ip("2001:db8::10")), ip("2001:db8::1"));
+        let put_call = Call::Put(vip, addr, Change::default());
+        let delete_call = Call::Delete(vip, addr);
+        assert_eq!(
+            fake.calls(),
+            [put_call.clone(), delete_call.clone(), put_call, delete_call]
+        );
+    }
+
+    #[test]
+    fn delete_returns_the_new_generation() {
+        let fake = Fake::default();
+        let r = handle(
+            &fake,
+            "DELETE",
+            "/v1/vips/default/backends/10.1.0.1",
+            Ok(b""),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(json_of(&r), json!({ "generation": 8 }));
+        assert_eq!(
+            fake.calls(),
+            [Call::Delete(ServiceName::Default, ip("10.1.0.1"))]
+        );
+    }
+
+    #[test]
+    fn query_string_is_ignored() {
+        let fake = Fake::default();
+        let r = put(
+            &fake,
+            "/v1/vips/default/backends/10.1.0.1?dry_run=1&x=%zz",
+            r#"{"state":"down"}"#,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            handle(&fake, "GET", "/healthz?verbose", Ok(b"")).status,
+            200
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_status_and_field_and_never_reach_control() {
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static [u8],
+            u16,
+            Option<&'static str>,
+        );
+        const B: &str = "/v1/vips/default/backends/10.1.0.1";
+        // (what, method, url, body, status, field)
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
+            ("not JSON",         "PUT", B, b"{weight: 1}",              400, Some("body")),
+            ("truncated JSON",   "PUT", B, b"{\"weight\": 1",           400, Some("body")),
+            ("array body",       "PUT", B, b"[1]",                      400, Some("body")),
+            ("string body",      "PUT", B, b"\"up\"",                   400, Some("body")),
+            ("null body",        "PUT", B, b"null",                     400, Some("body")),
+            ("not UTF-8",        "PUT", B, b"{\"state\": \"\xff\"}",    400, Some("body")),
+            ("unknown key",      "PUT", B, b"{\"wieght\": 1}",          400, Some("wieght")),
+            ("unknown key first", "PUT", B, b"{\"weight\": -1, \"zz\": 0}", 400, Some("zz")),
+            ("weight string",    "PUT", B, b"{\"weight\": \"1\"}",      400, Some("weight")),
+            ("weight null",      "PUT", B, b"{\"weight\": null}",       400, Some("weight")),
+            ("weight negative",  "PUT", B, b"{\"weight\": -1}",         400, Some("weight")),
+            ("weight fraction",  "PUT", B, b"{\"weight\": 1.5}",        400, Some("weight")),
+            ("weight float",     "PUT", B, b"{\"weight\": 1.0}",        400, Some("weight")),
+            ("weight too big",   "PUT", B, b"{\"weight\": 65536}",      400, Some("weight")),
+            ("weight huge",      "PUT", B, b"{\"weight\": 1e30}",       400, Some("weight")),
+            ("weight past u64",  "PUT", B, b"{\"weight\": 18446744073709551616}", 400, Some("weight")),
+            ("state number",     "PUT", B, b"{\"state\": 1}",           400, Some("state")),
+            ("state unknown",    "PUT", B, b"{\"state\": \"UP\"}",      400, Some("state")),
+            ("vip garbage",      "PUT",    "/v1/vips/nope/backends/10.1.0.1",     b"", 400, Some("vip")),
+            ("vip bad escape",   "DELETE", "/v1/vips/2001%3/backends/10.1.0.1",   b"", 400, Some("vip")),
+            ("vip not UTF-8",    "DELETE", "/v1/vips/%ff/backends/10.1.0.1",      b"", 400, Some("vip")),
+            ("vip newline",      "PUT",    "/v1/vips/a%0Ab/backends/10.1.0.1",    b"", 400, Some("vip")),
+            ("vip empty",        "PUT",    "/v1/vips//backends/10.1.0.1",         b"", 400, Some("vip")),
+            ("vip capitalised",  "PUT",    "/v1/vips/Default/backends/10.1.0.1",  b"", 400, Some("vip")),
+            ("addr garbage",     "DELETE", "/v1/vips/default/backends/10.1.0",    b"", 400, Some("addr")),
+            ("addr is default",  "PUT",    "/v1/vips/default/backends/default",   b"", 400, Some("addr")),
+            ("addr before body", "PUT",    "/v1/vips/default/backends/x",         b"[", 400, Some("addr")),
+            ("unknown path",     "GET",    "/v2/vips",                            b"", 404, None),
+            ("root",             "GET",    "/",                                   b"", 404, None),
+            ("trailing slash",   "GET",    "/healthz/",                           b"", 404, None),
+            ("no leading slash", "GET",    "healthz",                             b"", 404, None),
+            ("backend list",     "GET",    "/v1/vips/default/backends",           b"", 404, None),
+            ("POST healthz",     "POST",   "/healthz",                            b"", 405, None),
+            ("lowercase method", "put",    B,                                     b"", 405, None),
+            ("GET a backend",    "GET",    B,                                     b"", 405, None),
+            ("PUT vips",         "PUT",    "/v1/vips",                            b"{}", 405, None),
+            ("too large",        "PUT",    B,                                     b"", 413, Some("body")),
+        ];
+        for (what, method, url, body, status, field) in cases {
+            let fake = Fake::default();
+            let body = if *what == "too large" {
+                Err(TooLarge)
+            } else {
+                Ok(*body)
+            };
+            let r = handle(&fake, method, url, body);
+            assert_eq!(r.status, *status, "{what}: {r:?}");
+            let v = json_of(&r);
+            let error = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: {r:?}"));
+            assert!(
+                !error.is_empty() && !error.contains('\n'),
+                "{what}: {error:?}"
+            );
+            assert_eq!(
+                v.get("field").and_then(Value::as_str),
+                *field,
+                "{what}: {r:?}"
+            );
+            assert!(fake.calls().is_empty(), "{what} reached control");
+        }
+    }
+
+    #[test]
+    fn unknown_path_is_404_no_such_endpoint() {
+        let r = handle(&Fake::default(), "GET", "/nope?x", Ok(b""));
+        assert_eq!(r.status, 404);
+        assert_eq!(json_of(&r), json!({ "error": "no such endpoint" }));
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow_header() {
+        let r = handle(
+            &Fake::default(),
+            "PATCH",
+            "/v1/vips/default/backends/10.1.0.1",
+            Ok(b""),
+        );
+        assert_eq!((r.status, r.allow), (405, Some("PUT, DELETE")));
+        let r = handle(&Fake::default(), "DELETE", "/metrics", Ok(b""));
+        assert_eq!((r.status, r.allow), (405, Some("GET")));
+        let r = handle(&Fake::default(), "GET", "/metrics", Ok(b""));
+        assert_eq!(r.allow, None);
+    }
+
+    #[test]
+    fn body_over_max_is_413_and_never_reaches_control() {
+        let fake = Fake::default();
+        let r = handle(
+            &fake,
+            "PUT",
+            "/v1/vips/default/backends/10.1.0.1",
+            Err(TooLarge),
+        );
+        assert_eq!(r.status, 413);
+        assert_eq!(json_of(&r)["field"], "body");
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn change_errors_map_to_404_and_400() {
+        // (what control says, status, field, error text)
+        type Case = (fn() -> ChangeError, u16, &'static str, &'static str);
+        let cases: [Case; 3] = [
+            (
+                || ChangeError::UnknownVip(ServiceName::Vip("192.0.2.9".parse().unwrap())),
+                404,
+                "vip",
+                "unknown VIP 192.0.2.9",
+            ),
+            (
+                || ChangeError::UnknownBackend {
+                    service: ServiceName::Default,
+                    addr: "10.1.0.9".parse().unwrap(),
+                },
+                404,
+                "addr",
+                "no backend 10.1.0.9 in default",
+            ),
+            (
+                || ChangeError::Invalid {
+                    field: "weight",
+                    message: "default has no backend\nwith weight > 0".into(),
+                },
+                400,
+                "weight",
+                "default has no backend with weight > 0",
+            ),
+        ];
+        for (refuse, status, field, error) in cases {
+            let fake = Fake {
+                refuse: Some(refuse),
+                ..Fake::default()
+            };
+            for method in ["PUT", "DELETE"] {
+                let r = handle(&fake, method, "/v1/vips/default/backends/10.1.0.9", Ok(b""));
+                assert_eq!(r.status, status, "{method} {error}");
+                assert_eq!(json_of(&r), json!({ "error": error, "field": field }));
+            }
+        }
+    }
+
+    #[test]
+    fn service_names_and_states_parse_and_display() {
+        assert_eq!("default".parse(), Ok(ServiceName::Default));
+        assert_eq!("::1".parse(), Ok(ServiceName::Vip(ip("::1"))));
+        assert_eq!(ServiceName::Vip(ip("192.0.2.1")).to_string(), "192.0.2.1");
+        assert_eq!(ServiceName::Default.to_string(), "default");
+        let err = "DEFAULT".parse::<ServiceName>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"DEFAULT\" is not `default` or an IP address"
+        );
+        for state in [State::Up, State::Down, State::Drain] {
+            assert_eq!(state.name().parse(), Ok(state));
+            assert_eq!(state.to_string(), state.name());
+        }
+        assert!("Up".parse::<State>().is_err());
+    }
+
+    #[test]
+    fn read_body_stops_after_max_body_plus_one_bytes() {
+        struct Endless(usize);
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                buf.fill(b'x');
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+        }
+        let mut endless = Endless(0);
+        assert_eq!(read_body(&mut endless).unwrap(), Err(TooLarge));
+        assert_eq!(endless.0, MAX_BODY + 1);
+        let exact = vec![b'{'; MAX_BODY];
+        assert_eq!(read_body(&mut exact.as_slice()).unwrap(), Ok(exact.clone()));
+    }
+
+    #[test]
+    fn messages_quote_client_text_on_one_short_line() {
+        assert_eq!(quote("a\"b\nc"), "\"a\\\"b\\nc\"");
+        let long = "x".repeat(1000);
+        assert_eq!(quote(&long), format!("{:?}...", "x".repeat(64)));
+        assert_eq!(
+            percent_decode("2001%3adb8%3A%3A1").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%g0"), None);
+    }
+
+    /// Sends one raw HTTP/1.1 request; returns status, head and body.
+    fn exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    #[test]
+    fn serves_real_http_and_drops_promptly() {
+        let fake = Arc::new(Fake {
+            created: true,
+            ..Fake::default()
+        });
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), fake.clone()).unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+
+        let (status, head, body) = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain\r\n"),
+            "{head}"
+        );
+
+        let json = r#"{"weight": 2}"#;
+        let request = format!(
+            "PUT /v1/vips/default/backends/2001%3Adb8%3A%3A1 HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        );
+        let (status, head, body) = exchange(addr, &request);
+        assert_eq!(status, 201, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["generation"], 7);
+        assert_eq!(v["backend"]["weight"], 2);
+        let change = Change {
+            weight: Some(2),
+            state: None,
+        };
+        assert_eq!(
+            fake.calls(),
+            [Call::Put(ServiceName::Default, ip("2001:db8::1"), change)]
+        );
+
+        // Only the head is sent: a 413 must come without waiting for the body.
+        let (status, _, body) = exchange(
+            addr,
+            "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+             Content-Length: 100000\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 413);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["field"],
+            "body"
+        );
+
+        let (status, _, body) = exchange(
+            addr,
+            "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+             Content-Length: ten\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 400);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["field"],
+            "body"
+        );
+
+        let (status, head, _) = exchange(
+            addr,
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 405);
+        assert!(head.contains("\r\nAllow: GET"), "{head}");
+        assert_eq!(fake.calls().len(), 1);
+
+        let started = Instant::now();
+        drop(server);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // tiny_http's accept thread closes the socket just after drop.
+        let closed = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            TcpStream::connect(addr).is_err()
+        });
+        assert!(closed, "still listening 1 s after drop");
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_and_capped_at_max_body_over_http() {
+        let fake = Arc::new(Fake::default());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), fake.clone()).unwrap();
+        let head = "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let json = r#"{"state": "down"}"#;
+        let request = format!("{head}{:x}\r\n{json}\r\n0\r\n\r\n", json.len());
+        let (status, _, _) = exchange(server.local_addr(), &request);
+        assert_eq!(status, 200);
+        let change = Change {
+            weight: None,
+            state: Some(State::Down),
+        };
+        assert_eq!(
+            fake.calls(),
+            [Call::Put(ServiceName::Default, ip("10.1.0.1"), change)]
+        );
+
+        // A chunk over MAX_BODY, sent only up to the byte that makes it too
+        // large: the reply must not wait for the rest (and the server has
+        // read all we sent, so its close is not a reset).
+        let big = " ".repeat(MAX_BODY + 1);
+        let request = format!("{head}{:x}\r\n{big}", MAX_BODY + 100);
+        let (status, _, _) = exchange(server.local_addr(), &request);
+        assert_eq!(status, 413);
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn huge_declared_body_does_not_take_the_server_down() {
+        let server =
+            Server::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fake::default())).unwrap();
+        let addr = server.local_addr();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let head = "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+                    Content-Length: 18446744073709551615\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        // No reply: the connection is abandoned (see DRAIN_MAX), but the
+        // api thread must live on to answer others.
+        let mut buf = [0u8; 64];
+        assert!(stream.read(&mut buf).is_err(), "expected no reply");
+        let (status, _, _) = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn start_on_a_taken_address_is_a_one_line_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let Err(e) = Server::start(addr, Arc::new(Fake::default())) else {
+            panic!("bound a taken address");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot listen on RR_API={addr}: ")),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        assert!(
+            matches!(e, Error::Listen { ref error, .. } if error.kind() == io::ErrorKind::AddrInUse)
+        );
+    }
+
+    fn body_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            r#"\{("(weight|state|x)": ?(-?[0-9]{1,21}(\.[0-9])?|"[a-z]{0,6}"|null|true|\[\]|\{\}),? ?){0,3}\}"#
+                .prop_map(String::into_bytes),
+        ]
+    }
+
+    fn url_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,40}",
+            "/v1/vips/(default|[0-9a-fA-F:.%]{0,24})/backends/[0-9a-fA-F:.%]{0,24}(\\?.{0,8})?",
+            "/(healthz|metrics|v1/vips)(/|\\?.{0,8})?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn handle_never_panics_and_always_answers_sensibly(
+            method in prop_oneof![Just("GET".to_string()), Just("PUT".to_string()), Just("DELETE".to_string()), ".{0,8}"],
+            url in url_strategy(),
+            body in body_strategy(),
+            too_large in any::<bool>(),
+            created in any::<bool>(),
+        ) {
+            let fake = Fake { created, ..Fake::default() };
+            let body = if too_large { Err(TooLarge) } else { Ok(body.as_slice()) };
+            let r = handle(&fake, &method, &url, body);
+            prop_assert!([200, 201, 400, 404, 405, 413].contains(&r.status), "{r:?}");
+            prop_assert_eq!(r.allow.is_some(), r.status == 405);
+            if r.status >= 400 {
+                let v: Value = serde_json::from_str(&r.body).unwrap();
+                let error = v["error"].as_str().unwrap();
+                prop_assert!(!error.contains('\n'));
+                prop_assert!(fake.calls().is_empty());
+            }
+        }
+    }
+}
