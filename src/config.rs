@@ -71,7 +71,7 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const MAX_DEVICE_LEN: usize = 15;
 
 /// The variables this module knows, in the order they are documented.
-pub const VARIABLES: [&str; 13] = [
+pub const VARIABLES: [&str; 22] = [
     "RR_DEVICE",
     "RR_TARGET_IPS",
     "RR_VIPS",
@@ -85,6 +85,15 @@ pub const VARIABLES: [&str; 13] = [
     "RR_IDLE",
     "RR_IDLE_SPIN_US",
     "RR_STATS_INTERVAL",
+    "RR_API",
+    "RR_FLOW_TABLE_SIZE",
+    "RR_FLOW_TIMEOUT",
+    "RR_HEALTH_PORT",
+    "RR_HEALTH_PATH",
+    "RR_HEALTH_INTERVAL",
+    "RR_HEALTH_TIMEOUT",
+    "RR_HEALTH_RISE",
+    "RR_HEALTH_FALL",
 ];
 
 const PREFIX: &str = "RR_";
@@ -149,6 +158,34 @@ Configuration is read from these environment variables (an empty value counts as
 
   RR_STATS_INTERVAL  Seconds between the JSON counter lines in the log, up to
                  86400 (fractions allowed); 0 turns them off. Default: 10.
+
+  RR_API         Where the HTTP control API listens (/healthz, /metrics,
+                 /v1/vips), as ADDR:PORT, or off. Default: 127.0.0.1:9180.
+
+  RR_FLOW_TABLE_SIZE  Connection-tracking entries shared by all workers (8 bytes
+                 each, rounded up to a power of two), 0 for no tracking, at most
+                 268435456. Default: 1048576.
+
+  RR_FLOW_TIMEOUT  Seconds an idle flow stays tracked: 1..3600. Default: 120.
+
+  RR_HEALTH_PORT  The TCP port active health checks connect to on every backend;
+                 unset means no active checks (and no passive ICMP check).
+                 Example: RR_HEALTH_PORT=80
+
+  RR_HEALTH_PATH  With RR_HEALTH_PORT: check with HTTP GET on this path instead of
+                 a bare connect; 2xx and 3xx are healthy. Example: RR_HEALTH_PATH=/healthz
+
+  RR_HEALTH_INTERVAL  Seconds between checks of a backend (fractions allowed):
+                 0.05..3600. Default: 2.
+
+  RR_HEALTH_TIMEOUT  Seconds a check may take, at most RR_HEALTH_INTERVAL. Default: 1
+                 (or the interval, if shorter).
+
+  RR_HEALTH_RISE  Consecutive passing checks that bring a backend back: 1..100.
+                 Default: 2.
+
+  RR_HEALTH_FALL  Consecutive failing checks that take a backend out: 1..100.
+                 Default: 3.
 
 Log verbosity follows RUST_LOG (default: info).
 ";
@@ -340,7 +377,32 @@ pub struct Forwarder {
     pub idle_spin: std::time::Duration,
     /// `None` when `RR_STATS_INTERVAL=0`.
     pub stats_interval: Option<std::time::Duration>,
+    /// `RR_API`; `None` when `off`.
+    pub api: Option<std::net::SocketAddr>,
+    /// `RR_FLOW_TABLE_SIZE`; 0 turns connection tracking off.
+    pub flow_table_size: usize,
+    /// `RR_FLOW_TIMEOUT`, in seconds.
+    pub flow_timeout: u16,
+    /// `None` unless `RR_HEALTH_PORT` is set.
+    pub health: Option<HealthCheck>,
 }
+
+/// Active health checks (`RR_HEALTH_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// HTTP GET on this path; `None` for a bare TCP connect.
+    pub path: Option<String>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// `RR_API` when unset.
+pub const DEFAULT_API: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9180),
+);
 
 impl Default for Forwarder {
     fn default() -> Self {
@@ -352,6 +414,10 @@ impl Default for Forwarder {
             idle: Idle::Adaptive,
             idle_spin: std::time::Duration::from_micros(200),
             stats_interval: Some(std::time::Duration::from_secs(10)),
+            api: Some(DEFAULT_API),
+            flow_table_size: 1 << 20,
+            flow_timeout: 120,
+            health: None,
         }
     }
 }
@@ -373,6 +439,15 @@ struct Raw {
     idle: Option<String>,
     idle_spin_us: Option<String>,
     stats_interval: Option<String>,
+    api: Option<String>,
+    flow_table_size: Option<String>,
+    flow_timeout: Option<String>,
+    health_port: Option<String>,
+    health_path: Option<String>,
+    health_interval: Option<String>,
+    health_timeout: Option<String>,
+    health_rise: Option<String>,
+    health_fall: Option<String>,
 }
 
 const EXPECT_TARGET_ENTRY: &str = "ADDR or ADDR*WEIGHT, separated by ';'";
@@ -872,7 +947,110 @@ fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
         })?;
         f.stats_interval = (!secs.is_zero()).then_some(secs);
     }
+    if let Some(v) = value(&raw.api) {
+        f.api = match v {
+            "off" => None,
+            _ => Some(v.parse().map_err(|_| {
+                bad(
+                    "RR_API",
+                    v,
+                    "ADDR:PORT (e.g. 127.0.0.1:9180 or [::1]:9180) or off",
+                )
+            })?),
+        };
+    }
+    if let Some(v) = value(&raw.flow_table_size) {
+        f.flow_table_size = parse_decimal(v)
+            .filter(|n| *n <= crate::dataplane::conntrack::MAX_ENTRIES as u64)
+            .ok_or_else(|| bad("RR_FLOW_TABLE_SIZE", v, "entries from 0 (off) to 268435456"))?
+            as usize;
+    }
+    if let Some(v) = value(&raw.flow_timeout) {
+        f.flow_timeout = parse_decimal(v)
+            .filter(|n| (1..=3600).contains(n))
+            .ok_or_else(|| bad("RR_FLOW_TIMEOUT", v, "seconds from 1 to 3600"))?
+            as u16;
+    }
+    f.health = parse_health(raw)?;
     Ok(f)
+}
+
+fn parse_health(raw: &Raw) -> Result<Option<HealthCheck>, Error> {
+    fn value(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|v| !v.is_empty())
+    }
+    let bad = |var, value: &str, expected| Error::BadValue {
+        var,
+        value: value.to_string(),
+        expected,
+    };
+    let count = |var, v: Option<&str>, default| match v {
+        None => Ok(default),
+        Some(v) => parse_decimal(v)
+            .filter(|n| (1..=100).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| bad(var, v, "a count from 1 to 100")),
+    };
+    let Some(port) = value(&raw.health_port) else {
+        let others = [
+            ("RR_HEALTH_PATH", &raw.health_path),
+            ("RR_HEALTH_INTERVAL", &raw.health_interval),
+            ("RR_HEALTH_TIMEOUT", &raw.health_timeout),
+            ("RR_HEALTH_RISE", &raw.health_rise),
+            ("RR_HEALTH_FALL", &raw.health_fall),
+        ];
+        if let Some((var, v)) = others.iter().find_map(|(n, v)| Some((*n, value(v)?))) {
+            return Err(bad(
+                var,
+                v,
+                "RR_HEALTH_PORT to be set as well (it turns checks on)",
+            ));
+        }
+        return Ok(None);
+    };
+    let port = parse_decimal(port)
+        .filter(|n| (1..=65535).contains(n))
+        .ok_or_else(|| bad("RR_HEALTH_PORT", port, "a TCP port from 1 to 65535"))?
+        as u16;
+    let path = match value(&raw.health_path) {
+        None => None,
+        Some(p) if p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(p.to_string())
+        }
+        Some(p) => {
+            return Err(bad(
+                "RR_HEALTH_PATH",
+                p,
+                "an HTTP path starting with '/', without spaces or control characters",
+            ));
+        }
+    };
+    let interval = match value(&raw.health_interval) {
+        None => std::time::Duration::from_secs(2),
+        Some(v) => parse_seconds(v)
+            .filter(|d| d.as_secs_f64() >= 0.05 && d.as_secs() <= 3600)
+            .ok_or_else(|| bad("RR_HEALTH_INTERVAL", v, "seconds from 0.05 to 3600"))?,
+    };
+    let timeout = match value(&raw.health_timeout) {
+        None => interval.min(std::time::Duration::from_secs(1)),
+        Some(v) => parse_seconds(v)
+            .filter(|d| !d.is_zero() && *d <= interval)
+            .ok_or_else(|| {
+                bad(
+                    "RR_HEALTH_TIMEOUT",
+                    v,
+                    "seconds above 0 and at most RR_HEALTH_INTERVAL",
+                )
+            })?,
+    };
+    Ok(Some(HealthCheck {
+        port,
+        path,
+        interval,
+        timeout,
+        rise: count("RR_HEALTH_RISE", value(&raw.health_rise), 2)?,
+        fall: count("RR_HEALTH_FALL", value(&raw.health_fall), 3)?,
+    }))
 }
 
 /// `1`, `0.5`, `2.25`: decimal seconds up to a day, without sign or exponent.
@@ -1498,7 +1676,7 @@ mod tests {
         assert!(
             !warnings
                 .iter()
-                .any(|w| w.contains("PATH") || w.contains("XRR_"))
+                .any(|w| w.contains("\"PATH\"") || w.contains("XRR_"))
         );
         assert!(warnings.iter().all(|w| !w.contains('\n')));
     }
@@ -1520,6 +1698,77 @@ mod tests {
         let msg = err.to_string();
         assert!(!msg.contains('\n') && !msg.contains('\u{1b}'), "{msg:?}");
         assert!(msg.contains(r"\n"), "{msg:?}");
+    }
+
+    #[test]
+    fn control_settings_default_and_parse() {
+        let c = with_device(&[("RR_TARGET_IPS", "10.1.0.1")]).unwrap();
+        assert_eq!(c.forwarder.api, Some(DEFAULT_API));
+        assert_eq!(
+            (c.forwarder.flow_table_size, c.forwarder.flow_timeout),
+            (1 << 20, 120)
+        );
+        assert_eq!(c.forwarder.health, None);
+        let c = with_device(&[
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_API", "[::1]:8080"),
+            ("RR_FLOW_TABLE_SIZE", "0"),
+            ("RR_FLOW_TIMEOUT", "30"),
+            ("RR_HEALTH_PORT", "80"),
+            ("RR_HEALTH_PATH", "/ready"),
+            ("RR_HEALTH_INTERVAL", "0.5"),
+            ("RR_HEALTH_RISE", "1"),
+            ("RR_HEALTH_FALL", "4"),
+        ])
+        .unwrap();
+        assert_eq!(c.forwarder.api, Some("[::1]:8080".parse().unwrap()));
+        assert_eq!(
+            (c.forwarder.flow_table_size, c.forwarder.flow_timeout),
+            (0, 30)
+        );
+        assert_eq!(
+            c.forwarder.health,
+            Some(HealthCheck {
+                port: 80,
+                path: Some("/ready".to_string()),
+                interval: std::time::Duration::from_millis(500),
+                timeout: std::time::Duration::from_millis(500),
+                rise: 1,
+                fall: 4,
+            })
+        );
+        let off = with_device(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_API", "off")]).unwrap();
+        assert_eq!(off.forwarder.api, None);
+    }
+
+    #[test]
+    fn bad_control_settings_name_the_variable() {
+        for (var, value) in [
+            ("RR_API", "localhost"),
+            ("RR_API", "127.0.0.1"),
+            ("RR_FLOW_TABLE_SIZE", "268435457"),
+            ("RR_FLOW_TABLE_SIZE", "-1"),
+            ("RR_FLOW_TIMEOUT", "0"),
+            ("RR_HEALTH_PORT", "0"),
+            ("RR_HEALTH_PORT", "70000"),
+            ("RR_HEALTH_PATH", "ready"),
+            ("RR_HEALTH_INTERVAL", "0.01"),
+            ("RR_HEALTH_TIMEOUT", "5"),
+            ("RR_HEALTH_RISE", "0"),
+            ("RR_HEALTH_FALL", "101"),
+        ] {
+            let mut vars = vec![("RR_TARGET_IPS", "10.1.0.1"), (var, value)];
+            if var != "RR_HEALTH_PORT" {
+                vars.push(("RR_HEALTH_PORT", "80"));
+            }
+            let err = with_device(&vars).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with(&format!("{var}=")), "{var}={value}: {msg}");
+        }
+        let err = with_device(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_HEALTH_RISE", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RR_HEALTH_PORT"), "{err}");
     }
 
     #[test]

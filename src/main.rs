@@ -94,7 +94,7 @@ fn run() -> Result<(), Failure> {
         )));
     }
 
-    let tables = control::tables(&config, 1)
+    let (services, tables) = control::tables(&config)
         .map_err(|e| Failure::Config(format!("cannot build the Maglev tables: {e}")))?;
     for service in tables.services() {
         let name = service.name();
@@ -112,7 +112,8 @@ fn run() -> Result<(), Failure> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::Start(format!("cannot handle signal {signal}: {e}"), 1))?;
     }
-    forwarder::run(&config, tables, &stop).map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
+    forwarder::run(&config, services, tables, &stop)
+        .map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
 }
 
 /// e.g. `2 backends in 65537 slots: 10.1.0.1 (weight 1) 32768 slots, ...`.

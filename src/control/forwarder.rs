@@ -7,15 +7,18 @@
 //! Stop: stop the workers, drain their TX rings, close the sockets and
 //! detach the program, so the device is left as it was found.
 
-use super::{neighbours, netlink, privileges};
+use super::controller::{self, Controller, Node};
+use super::services::Services;
+use super::{api, health, neighbours, netlink, privileges};
 use crate::config::Config;
-use crate::dataplane::worker::{self, Shared, Snapshot, Stats, Totals};
-use crate::dataplane::{Tables, flow};
+use crate::dataplane::worker::{self, Shared, Stats, Totals};
+use crate::dataplane::{Tables, conntrack, flow};
 use crate::io::tap::{self, Tap};
 use crate::io::xdp::{self, Mode, Steering};
 use crate::io::xsk::{self, Socket};
 use crate::wire::ethernet;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -62,6 +65,8 @@ pub enum Error {
     Steering(#[from] xdp::Error),
     #[error(transparent)]
     Socket(#[from] xsk::Error),
+    #[error(transparent)]
+    Api(#[from] api::Error),
     #[error("cannot start worker {queue}: {message}")]
     Worker { queue: u32, message: String },
 }
@@ -78,16 +83,17 @@ impl Error {
 
 /// How often the control loop wakes.
 const TICK: Duration = Duration::from_millis(50);
-/// How often next hops are re-read from the kernel when all resolve.
-const REFRESH: Duration = Duration::from_secs(1);
 /// How long start-up waits for next hops to resolve.
 const START_RESOLVE: Duration = Duration::from_secs(1);
-/// How often while some are unresolved.
-const REFRESH_PENDING: Duration = Duration::from_millis(100);
 
 /// Runs until `stop` is set (by SIGINT/SIGTERM), then cleans up.
-/// `tables` is the snapshot built from `config` (the caller logs it).
-pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Error> {
+/// `tables` is the first table built from `services` (the caller logs it).
+pub fn run(
+    config: &Config,
+    services: Services,
+    tables: Tables,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
     let device = netlink::device(&config.device).map_err(|e| match e {
         netlink::Error::NoSuchDevice(_) => Error::NoDevice(config.device.clone()),
         source => Error::Netlink {
@@ -150,29 +156,33 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
     let copy = open_sockets(config, &device, &mut steering, queues, host.as_ref())?;
     let (sockets, copy_mode) = copy;
 
-    let resolver = neighbours::Resolver::new(device.index);
-    let backends = neighbours::backends(&tables);
-    let hasher = flow::Hasher::new(&config.hash_key);
-    let snapshot = |resolution: &neighbours::Resolution| Snapshot {
-        tables: Arc::clone(&tables),
-        neighbours: resolution.view(),
+    let node = Node {
         mac: ethernet::Address(device.mac),
-        local_v4: device.v4.iter().map(|a| a.octets()).collect(),
-        local_v6: device.v6.iter().map(|a| a.octets()).collect(),
+        v4: device.v4.clone(),
+        v6: device.v6.clone(),
         vlan: config.vlan,
-        hasher: hasher.clone(),
+        hasher: flow::Hasher::new(&config.hash_key),
+        health: config.forwarder.health.as_ref().map(|h| health::Settings {
+            port: h.port,
+            path: h.path.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            rise: h.rise,
+            fall: h.fall,
+        }),
     };
     // Give the kernel a moment to resolve the next hops, so the first
     // flows are not dropped as no_neighbour for want of an ARP reply.
-    let mut resolver = resolver;
-    let mut resolution = resolve(&resolver, &backends, None);
+    let mut resolver = neighbours::Resolver::new(device.index);
+    let addresses = services.addresses();
+    let mut resolution = controller::resolve(&resolver, &addresses, None);
     let deadline = Instant::now() + START_RESOLVE;
     while !resolution.unresolved.is_empty() && Instant::now() < deadline {
         for &b in &resolution.unresolved {
             resolver.probe(b, Instant::now());
         }
         std::thread::sleep(TICK);
-        resolution = resolve(&resolver, &backends, Some(&resolution));
+        resolution = controller::resolve(&resolver, &addresses, Some(&resolution));
     }
     if !resolution.unresolved.is_empty() {
         log::warn!(
@@ -180,8 +190,55 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
             resolution.unresolved
         );
     }
-    let shared = Arc::new(Shared::new(snapshot(&resolution)));
+    for &b in &resolution.unresolved {
+        resolver.probe(b, Instant::now());
+    }
+    let flows = (config.forwarder.flow_table_size > 0).then(|| {
+        conntrack::Table::new(
+            config.forwarder.flow_table_size,
+            config.forwarder.flow_timeout,
+        )
+    });
+    if let Some(f) = &flows {
+        log::info!(
+            "connection tracking: {} entries, idle flows expire after {} s",
+            f.capacity(),
+            config.forwarder.flow_timeout
+        );
+    }
+    let shared = Arc::new(Shared::new(
+        controller::first_snapshot(&node, &tables, &resolution),
+        flows,
+    ));
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
+    let control = Arc::new(Controller::new(
+        node,
+        services,
+        Arc::clone(&tables),
+        resolver,
+        resolution,
+        Arc::clone(&shared),
+        Arc::clone(&stats),
+    ));
+    let api = match config.forwarder.api {
+        Some(addr) => {
+            let server = api::Server::start(addr, Arc::clone(&control) as Arc<dyn api::Control>)?;
+            log::info!("control API on http://{}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let passive = if control.passive() {
+        match Passive::start(&control, Arc::clone(&shared)) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log::warn!("no passive health check (cannot open raw ICMP sockets: {e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(Socket::fd).collect();
     let workers = start_workers(config, sockets, &shared, &stats)?;
@@ -196,58 +253,33 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
         device.v4,
         device.v6
     );
-    let mut control = Control {
-        resolver,
-        backends,
-        last_refresh: Instant::now(),
-        last_stats: Instant::now(),
-        kernel: Vec::new(),
-    };
-    let probes_for = |r: &neighbours::Resolution, c: &mut Control| {
-        let now = Instant::now();
-        for &b in &r.unresolved {
-            c.resolver.probe(b, now);
-        }
-    };
-    probes_for(&resolution, &mut control);
-
+    let mut last_stats = Instant::now();
+    let mut kernel: Vec<xsk::Statistics>;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
-        let mut missed = false;
-        while let Some(backend) = shared.misses.pop() {
-            missed = true;
-            control.resolver.probe(backend, Instant::now());
-        }
-        let every = if resolution.unresolved.is_empty() && !missed {
-            REFRESH
-        } else {
-            REFRESH_PENDING
-        };
-        if control.last_refresh.elapsed() >= every {
-            control.last_refresh = Instant::now();
-            let next = resolve(&control.resolver, &control.backends, Some(&resolution));
-            if next != resolution {
-                shared.snapshot.store(Arc::new(snapshot(&next)));
-                resolution = next;
-            }
-            probes_for(&resolution, &mut control);
-        }
+        let unreachable: Vec<IpAddr> = passive
+            .as_ref()
+            .map(|p| p.reports.try_iter().collect())
+            .unwrap_or_default();
+        control.tick(&unreachable);
         if let Some(interval) = config.forwarder.stats_interval
-            && control.last_stats.elapsed() >= interval
+            && last_stats.elapsed() >= interval
         {
-            control.last_stats = Instant::now();
-            let kernel: Vec<xsk::Statistics> = fds
+            last_stats = Instant::now();
+            kernel = fds
                 .iter()
                 .map(|fd| xsk::statistics(*fd).unwrap_or_default())
                 .collect();
-            log_stats(&stats, &kernel, &tables);
-            control.kernel = kernel;
+            log_stats(&stats, &kernel, &control.tables());
         }
     }
 
     log::info!("stopping: draining {} worker(s)", workers.len());
+    // No changes while stopping.
+    drop(api);
+    drop(passive);
     // The sockets close with their workers: read their counters first.
-    control.kernel = fds
+    kernel = fds
         .iter()
         .map(|fd| xsk::statistics(*fd).unwrap_or_default())
         .collect();
@@ -257,7 +289,7 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
             log::error!("worker {queue} panicked");
         }
     }
-    log_stats(&stats, &control.kernel, &tables);
+    log_stats(&stats, &kernel, &control.tables());
     // Sockets went with their workers; now the program and the TAP device.
     drop(steering);
     drop(host);
@@ -265,14 +297,46 @@ pub fn run(config: &Config, tables: Tables, stop: &AtomicBool) -> Result<(), Err
     Ok(())
 }
 
-struct Control {
-    resolver: neighbours::Resolver,
-    backends: Vec<std::net::IpAddr>,
-    last_refresh: Instant,
-    last_stats: Instant,
-    /// The sockets' kernel counters as last read (the sockets close with
-    /// their workers, so the last line at stop repeats these).
-    kernel: Vec<xsk::Statistics>,
+/// The passive health check: a thread reading ICMP errors about our GRE.
+struct Passive {
+    reports: std::sync::mpsc::Receiver<IpAddr>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Passive {
+    fn start(control: &Controller, shared: Arc<Shared>) -> std::io::Result<Passive> {
+        let mut icmp = health::Passive::open()?;
+        let (tx, reports) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (v4, v6) = (control.node().v4.clone(), control.node().v6.clone());
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("rr-icmp".to_string())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) && !shared.stop.load(Ordering::Relaxed) {
+                    for backend in icmp.poll(&v4, &v6) {
+                        if tx.send(backend).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Passive {
+            reports,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Passive {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A program of ours left by a crash is removed; anyone else's is an error.
@@ -399,34 +463,6 @@ fn start_workers(
         }
     }
     Ok(handles)
-}
-
-/// Reads the next hops; on a netlink failure keeps what it had.
-fn resolve(
-    resolver: &neighbours::Resolver,
-    backends: &[std::net::IpAddr],
-    previous: Option<&neighbours::Resolution>,
-) -> neighbours::Resolution {
-    match resolver.resolve(backends) {
-        Ok(r) => {
-            if previous.is_none_or(|p| p.elsewhere != r.elsewhere) {
-                for (b, oif) in &r.elsewhere {
-                    log::warn!(
-                        "backend {b} is routed out of another device (index {oif}); its flows are dropped as no_neighbour"
-                    );
-                }
-            }
-            r
-        }
-        Err(e) => {
-            log::warn!("cannot read next hops: {e}");
-            previous.cloned().unwrap_or(neighbours::Resolution {
-                entries: Vec::new(),
-                unresolved: backends.to_vec(),
-                elsewhere: Vec::new(),
-            })
-        }
-    }
 }
 
 /// One JSON line on stderr: the totals, then each queue, then the

@@ -1,30 +1,29 @@
 //! Control-side code: builds what the data path reads. May allocate, log
 //! and return typed errors; never runs on a worker thread.
 
+pub mod api;
+pub mod controller;
 pub mod forwarder;
+pub mod health;
+pub mod metrics;
 pub mod neighbours;
 pub mod netlink;
 pub mod privileges;
+pub mod services;
 
 use crate::config::Config;
-use crate::dataplane::tables::{Error, Service, Tables};
+use crate::dataplane::tables::{Error, Tables};
+use services::Services;
+use std::collections::BTreeSet;
 
-/// The table snapshot for a configuration: the default set (if any) and
-/// every VIP, each with one Maglev table per address family.
-pub fn tables(config: &Config, generation: u64) -> Result<Tables, Error> {
-    let build =
-        |vip, backends: &[_]| Service::build(vip, backends, &config.hash_key, config.table_size);
-    let default = config
-        .default_set
-        .as_deref()
-        .map(|backends| build(None, backends))
-        .transpose()?;
-    let vips = config
-        .vips
-        .iter()
-        .map(|vip| build(Some(vip.addr), &vip.backends))
-        .collect::<Result<Vec<_>, _>>()?;
-    Tables::new(generation, default, vips)
+/// The backend sets of a configuration, all up, and their first tables
+/// (generation 1): the default set (if any) and every VIP, each with one
+/// Maglev table per address family.
+pub fn tables(config: &Config) -> Result<(Services, Tables), Error> {
+    let quarantine = std::time::Duration::from_secs(u64::from(config.forwarder.flow_timeout));
+    let mut services = Services::from_config(config, quarantine)?;
+    let tables = services.tables(&BTreeSet::new())?;
+    Ok((services, tables))
 }
 
 #[cfg(test)]
@@ -43,8 +42,8 @@ mod tests {
             ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2;2001:db8::1"),
             ("RR_VIPS", "192.0.2.10=10.2.0.1*3;2001:db8::10="),
         ]);
-        let t = tables(&c, 7).unwrap();
-        assert_eq!(t.generation(), 7);
+        let (_, t) = tables(&c).unwrap();
+        assert_eq!(t.generation(), 1);
         let default = t.default_service().unwrap();
         assert_eq!(default.v4().backends().len(), 2);
         assert_eq!(default.v6().backends().len(), 1);
@@ -67,6 +66,6 @@ mod tests {
             ("RR_DEVICE", "eth1"),
             ("RR_TARGET_IPS", "10.1.0.3;10.1.0.1;10.1.0.2*2"),
         ]);
-        assert_eq!(tables(&a, 1).unwrap(), tables(&b, 1).unwrap());
+        assert_eq!(tables(&a).unwrap().1, tables(&b).unwrap().1);
     }
 }

@@ -127,7 +127,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string())),
         )
         .unwrap();
-        let tables = control::tables(&config, 1).unwrap();
+        let (_, tables) = control::tables(&config).unwrap();
         let want: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::1"]
             .iter()
             .map(|a| a.parse().unwrap())
