@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
-use rusty_rail::dataplane::{self, Context, Service, Tables, Verdict, flow, neighbours};
+use rusty_rail::dataplane::{self, Context, Service, Tables, Verdict, conntrack, flow, neighbours};
 use rusty_rail::maglev::{Backend, DEFAULT_SIZE, Key};
 use rusty_rail::wire::{ethernet, gre, ipv4, tcp, udp};
 
@@ -168,9 +168,17 @@ fn pipeline(c: &mut Criterion) {
         })
     });
 
-    for n in [3u32, 100] {
+    // Tracked: established flows, as at steady state (the check lap below
+    // inserts them all; the timed laps hit).
+    let flows = conntrack::Table::new(1 << 20, 60);
+    for (n, tracked) in [(3u32, false), (100, false), (3, true)] {
         let set = backends(n);
-        let service = Service::build(None, &set, &KEY, DEFAULT_SIZE).unwrap();
+        let service = if tracked {
+            let id = |a: IpAddr| set.iter().position(|b| b.addr == a).map(|i| i as u16);
+            Service::build_tracked(None, &set, &KEY, DEFAULT_SIZE, id).unwrap()
+        } else {
+            Service::build(None, &set, &KEY, DEFAULT_SIZE).unwrap()
+        };
         let tables = Tables::new(1, Some(service), Vec::new()).unwrap();
         let entries = set
             .iter()
@@ -187,7 +195,7 @@ fn pipeline(c: &mut Criterion) {
             hasher: &hasher,
             tables: &tables,
             neighbours: &neighbours,
-            flows: None,
+            flows: tracked.then_some(&flows),
             now: 0,
         };
         // Every frame must really be forwarded, or the figure is meaningless.
@@ -196,7 +204,12 @@ fn pipeline(c: &mut Criterion) {
             forwarded += usize::from(dataplane::process(f, &ctx).verdict == Verdict::Forward);
         });
         assert_eq!(forwarded, FLOWS - FLOWS % BATCH);
-        group.bench_function(BenchmarkId::new("process", format!("{n}_backends")), |b| {
+        let name = if tracked {
+            "process_tracked"
+        } else {
+            "process"
+        };
+        group.bench_function(BenchmarkId::new(name, format!("{n}_backends")), |b| {
             b.iter_custom(|iters| {
                 pool.laps(iters, |f| {
                     black_box(dataplane::process(f, &ctx));

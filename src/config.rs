@@ -117,7 +117,8 @@ Configuration is read from these environment variables (an empty value counts as
                  VIP= (no backend) drops that VIP's traffic. Default: unset.
                  Example: RR_VIPS=\"192.0.2.10=10.1.0.1,10.1.0.2*2;2001:db8::10=2001:db8:1::1\"
 
-                 At least one of RR_TARGET_IPS and RR_VIPS must be set.
+                 At least one of RR_TARGET_IPS and RR_VIPS must be set; together
+                 they list at most 4096 backends.
 
   RR_HASH_KEY    The 16-byte flow-hash key as exactly 32 hex digits; must be the
                  same on every node. Default: 72757374795f7261696c2f6d61676c76

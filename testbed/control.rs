@@ -414,11 +414,14 @@ fn failing_health_checks_take_a_backend_out_within_fall_intervals_and_passing_on
         ],
     );
     let ns = &world.lbs[0];
+    // Backends start healthy; give every checker a few rounds to agree.
+    std::thread::sleep(interval * 3);
     for addr in BACKENDS {
-        wait_for_health(ns, addr, "healthy", WAIT);
+        assert_eq!(backend_state(ns, addr)["health"], "healthy", "{addr}");
     }
-    // Allow one interval for the probe in flight and the control tick.
-    let slack = interval + Duration::from_millis(150);
+    // The death falls anywhere in an interval; then the control tick
+    // and this poll, on two shared cores.
+    let slack = interval + Duration::from_millis(300);
 
     services[1] = None;
     let out = wait_for_health(ns, BACKENDS[1], "unhealthy", interval * fall + slack);
@@ -483,15 +486,28 @@ fn icmp_unreachable_from_a_backend_marks_it_down_at_once_until_active_checks_pas
         ],
     );
     let ns = &world.lbs[0];
-    wait_for_health(ns, BACKENDS[1], "healthy", WAIT);
     let flow = flows_from(7000, 200)
         .into_iter()
         .find(|f| expected_backend(*f) == BACKENDS[1])
         .unwrap();
     let mut source = RawPort::open(&world.gen_ns, "g0");
+    // Resent every 100 ms, in case the first waits for ARP or the
+    // kernel's ICMP rate limit.
+    let frame = to_node(0, 47, 64, &gre_payload(flow));
     let sent = Instant::now();
-    source.send(&to_node(0, 47, 64, &gre_payload(flow)));
-    wait_for_health(ns, BACKENDS[1], "unhealthy", Duration::from_secs(1));
+    for i in 0.. {
+        if backend_state(ns, BACKENDS[1])["health"] == "unhealthy" {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "still healthy 1 s after GRE drew ICMP unreachable"
+        );
+        if i % 10 == 0 {
+            source.send(&frame);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     eprintln!(
         "ICMP unreachable took the backend out {} ms after the frame (active checks alone: 5000 ms)",
         sent.elapsed().as_millis()
@@ -577,6 +593,6 @@ fn a_put_reaches_the_workers_at_once_measured_to_the_first_frame_forwarded_with_
         first_at.duration_since(put_at).as_micros(),
         first_at.duration_since(put_at + put_took).as_micros()
     );
-    assert!(first_at.duration_since(put_at) < Duration::from_millis(250));
+    assert!(first_at.duration_since(put_at) < Duration::from_millis(500));
     stop_cleanly(node);
 }

@@ -2,7 +2,7 @@
 //! backend changes.
 //!
 //! [`handle`] is the whole contract as a pure function of method, URL and
-//! body; [`Server`] is the tiny_http glue that serves it on its own thread
+//! body; [`Server`] is the hyper glue that serves it on its own thread
 //! (`rr-api`), never on a worker. The rest of the program is reached only
 //! through the [`Control`] trait.
 //!
@@ -17,11 +17,10 @@
 //! Errors are JSON `{"error": "...", "field": "..."}`.
 
 use std::fmt;
-use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,15 +31,11 @@ use crate::config::MAX_WEIGHT;
 /// The largest request body read, in bytes; larger ones get 413.
 pub const MAX_BODY: usize = 4096;
 
-/// tiny_http 0.12 drains an unread `Content-Length` body when the request
-/// is dropped, allocating the whole remainder at once (tiny-http issue
-/// #252): a huge declared length would abort the process. Up to this size
-/// we let it drain; above it the request is leaked instead (see [`serve`]).
-const DRAIN_MAX: usize = 16 << 20;
+/// How long a client may take to send its request head and body.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long [`Server`]'s drop waits for the thread, which may be stuck
-/// reading from a slow client, before leaving it behind.
-const STOP_WAIT: Duration = Duration::from_secs(2);
+/// Longest a connection stays open, whatever the client does.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain";
@@ -419,13 +414,12 @@ pub enum Error {
     Spawn(io::Error),
 }
 
-/// The API served on thread `rr-api` until dropped.
+/// The API served on thread `rr-api` until dropped: hyper's HTTP/1 server
+/// on a single-threaded tokio runtime, so slow or abusive clients cost a
+/// task each, are cut off by timeouts, and never hold up other requests.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
     local_addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    /// Disconnects when the thread ends.
-    done: mpsc::Receiver<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -433,30 +427,21 @@ impl Server {
     /// Binds `addr` (an error if it is taken) and starts serving.
     pub fn start(addr: SocketAddr, control: Arc<dyn Control>) -> Result<Server, Error> {
         let listen = |error| Error::Listen { addr, error };
-        let listener = TcpListener::bind(addr).map_err(listen)?;
+        let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
         let local_addr = listener.local_addr().map_err(listen)?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| listen(io::Error::other(e)))?;
-        let http = Arc::new(http);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = mpsc::channel::<()>();
+        listener.set_nonblocking(true).map_err(listen)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Spawn)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("rr-api".into())
-            .spawn({
-                let http = Arc::clone(&http);
-                let stopping = Arc::clone(&stopping);
-                move || {
-                    let _done = done_tx;
-                    run(&http, control.as_ref(), &stopping);
-                }
-            })
+            .spawn(move || runtime.block_on(run(listener, control, stopped)))
             .map_err(Error::Spawn)?;
-        log::info!("control API listening on http://{local_addr}");
         Ok(Server {
-            http,
             local_addr,
-            stopping,
-            done,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -469,104 +454,111 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.http.unblock();
-        // A thread stuck reading a slow client's body is left behind rather
-        // than holding up shutdown.
-        match self.done.recv_timeout(STOP_WAIT) {
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if let Some(thread) = self.thread.take() {
-                    let _ = thread.join();
-                }
-            }
-            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
-                log::warn!("control API thread still busy with a client; not waiting for it");
-            }
+        // Ends the accept loop; open connections go with the runtime.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("control API thread panicked");
         }
     }
 }
 
-fn run(http: &tiny_http::Server, control: &dyn Control, stopping: &AtomicBool) {
+async fn run(
+    listener: std::net::TcpListener,
+    control: Arc<dyn Control>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("control API stopped: {e}");
+            return;
+        }
+    };
     loop {
-        match http.recv() {
-            Ok(request) => serve(control, request),
-            Err(e) => {
-                // Unblocked by drop, or tiny_http's accept thread died.
-                if !stopping.load(Ordering::Relaxed) {
-                    log::error!("control API stopped: {e}");
+        let (stream, peer) = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, keep serving.
+                    log::warn!("control API: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-                return;
-            }
-        }
+            },
+        };
+        let control = Arc::clone(&control);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let control = Arc::clone(&control);
+                async move {
+                    Ok::<_, std::convert::Infallible>(serve(control.as_ref(), request, peer).await)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A client that dawdles is dropped; the error is theirs.
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, connection).await;
+        });
     }
 }
 
-/// Reads at most [`MAX_BODY`] + 1 bytes, so a chunked body cannot grow
-/// without bound.
-fn read_body(reader: &mut dyn Read) -> io::Result<Result<Vec<u8>, TooLarge>> {
-    let mut body = Vec::new();
-    reader.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
-    Ok(if body.len() > MAX_BODY {
-        Err(TooLarge)
-    } else {
-        Ok(body)
-    })
-}
+type Body = http_body_util::Full<hyper::body::Bytes>;
 
-fn serve(control: &dyn Control, mut request: tiny_http::Request) {
+async fn serve(
+    control: &dyn Control,
+    request: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> hyper::Response<Body> {
+    use http_body_util::BodyExt;
     let method = request.method().as_str().to_owned();
-    let url = request.url().to_owned();
-    let declared = request.body_length();
-    // tiny_http reads a body with an unparseable Content-Length as empty,
-    // which would turn a PUT into an unintended no-op change.
-    let header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
-    let bad_length = declared.is_none() && header("Content-Length") && !header("Transfer-Encoding");
-    // Checked before reading, so neither `100 Continue` nor the body is
-    // exchanged for a body we will refuse.
-    let response = if bad_length {
-        Response::bad("Content-Length is not a byte count", "body")
-    } else if declared.is_some_and(|n| n > MAX_BODY) {
+    let url = request.uri().to_string();
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Checked before reading, so a body we will refuse is never taken.
+    let response = if declared.is_some_and(|n| n > MAX_BODY as u64) {
         handle(control, &method, &url, Err(TooLarge))
     } else {
-        match read_body(request.as_reader()) {
-            Ok(Ok(body)) => handle(control, &method, &url, Ok(&body)),
-            Ok(Err(TooLarge)) => handle(control, &method, &url, Err(TooLarge)),
-            Err(e) => Response::bad(&format!("cannot read body: {e}"), "body"),
+        let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
+        match tokio::time::timeout(READ_TIMEOUT, limited.collect()).await {
+            Ok(Ok(body)) => handle(control, &method, &url, Ok(&body.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                handle(control, &method, &url, Err(TooLarge))
+            }
+            Ok(Err(e)) => Response::bad(&format!("cannot read body: {e}"), "body"),
+            Err(_) => Response::bad("timed out reading the body", "body"),
         }
     };
     if !matches!(method.as_str(), "GET" | "HEAD") {
         let path = url.split('?').next().unwrap_or_default();
-        let peer = request
-            .remote_addr()
-            .map_or_else(String::new, |a| format!(" from {a}"));
-        log::info!("api {method:?} {path:?}{peer} -> {}", response.status);
+        log::info!("api {method:?} {path:?} from {peer} -> {}", response.status);
     }
-    if let Some(n) = declared.filter(|n| *n > DRAIN_MAX) {
-        // Responding drops the request, and dropping it would allocate the
-        // declared length (see DRAIN_MAX); leak its connection instead.
-        log::warn!("control API: request declared a {n} byte body; connection abandoned");
-        std::mem::forget(request);
-        return;
-    }
-    if let Err(e) = request.respond(to_tiny(response)) {
-        log::debug!("control API: cannot send response: {e}");
-    }
+    to_hyper(response)
 }
 
-fn to_tiny(r: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    // Bodies are in memory: always send Content-Length, never chunked.
-    let mut out = tiny_http::Response::from_data(r.body.into_bytes())
-        .with_status_code(r.status)
-        .with_chunked_threshold(usize::MAX);
-    let headers = [
-        Some(("Content-Type", r.content_type)),
-        r.allow.map(|allow| ("Allow", allow)),
-    ];
-    for (name, value) in headers.into_iter().flatten() {
-        // Both are our constants, so always valid header text.
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(header);
-        }
+fn to_hyper(r: Response) -> hyper::Response<Body> {
+    let mut out = hyper::Response::new(Body::new(r.body.into()));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(r.content_type),
+    );
+    if let Some(allow) = r.allow {
+        headers.insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static(allow),
+        );
     }
     out
 }
@@ -575,8 +567,8 @@ fn to_tiny(r: Response) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::io::Write;
-    use std::net::TcpStream;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
     use std::sync::Mutex;
     use std::time::Instant;
 
@@ -984,23 +976,6 @@ mod tests {
     }
 
     #[test]
-    fn read_body_stops_after_max_body_plus_one_bytes() {
-        struct Endless(usize);
-        impl Read for Endless {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                buf.fill(b'x');
-                self.0 += buf.len();
-                Ok(buf.len())
-            }
-        }
-        let mut endless = Endless(0);
-        assert_eq!(read_body(&mut endless).unwrap(), Err(TooLarge));
-        assert_eq!(endless.0, MAX_BODY + 1);
-        let exact = vec![b'{'; MAX_BODY];
-        assert_eq!(read_body(&mut exact.as_slice()).unwrap(), Ok(exact.clone()));
-    }
-
-    #[test]
     fn messages_quote_client_text_on_one_short_line() {
         assert_eq!(quote("a\"b\nc"), "\"a\\\"b\\nc\"");
         let long = "x".repeat(1000);
@@ -1091,18 +1066,18 @@ mod tests {
             "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
              Content-Length: ten\r\nConnection: close\r\n\r\n",
         );
-        assert_eq!(status, 400);
-        assert_eq!(
-            serde_json::from_str::<Value>(&body).unwrap()["field"],
-            "body"
-        );
+        // hyper refuses it before our handler runs.
+        assert_eq!(status, 400, "{body}");
 
         let (status, head, _) = exchange(
             addr,
             "POST /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(status, 405);
-        assert!(head.contains("\r\nAllow: GET"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nallow: get"),
+            "{head}"
+        );
         assert_eq!(fake.calls().len(), 1);
 
         let started = Instant::now();
@@ -1112,7 +1087,6 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        // tiny_http's accept thread closes the socket just after drop.
         let closed = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
             TcpStream::connect(addr).is_err()
@@ -1150,26 +1124,49 @@ mod tests {
     }
 
     #[test]
-    fn huge_declared_body_does_not_take_the_server_down() {
+    fn huge_declared_body_gets_413_at_once_and_the_server_lives_on() {
         let server =
             Server::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fake::default())).unwrap();
         let addr = server.local_addr();
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let head = "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
-                    Content-Length: 18446744073709551615\r\nConnection: close\r\n\r\n";
-        stream.write_all(head.as_bytes()).unwrap();
-        // No reply: the connection is abandoned (see DRAIN_MAX), but the
-        // api thread must live on to answer others.
-        let mut buf = [0u8; 64];
-        assert!(stream.read(&mut buf).is_err(), "expected no reply");
+        let head = |length: &str| {
+            format!(
+                "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+                 Content-Length: {length}\r\nConnection: close\r\n\r\n"
+            )
+        };
+        assert_eq!(exchange(addr, &head("1000000000000000")).0, 413);
+        // hyper itself refuses a length it cannot represent.
+        let (status, _, _) = exchange(addr, &head("18446744073709551615"));
+        assert!((400..500).contains(&status), "{status}");
         let (status, _, _) = exchange(
             addr,
             "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn a_client_that_never_finishes_its_body_does_not_hold_up_others() {
+        let server =
+            Server::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fake::default())).unwrap();
+        let addr = server.local_addr();
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(
+            b"PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (status, _, _) = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(slow);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::dataplane::{DropReason, Tables, conntrack, flow};
 use crate::wire::ethernet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ const REFRESH: Duration = Duration::from_secs(1);
 const REFRESH_PENDING: Duration = Duration::from_millis(100);
 /// A worker that has not polled for this long is reported by /healthz.
 const STALL: Duration = Duration::from_secs(1);
+/// Ticks per full sweep of the flow table: 10 s at 50 ms a tick, far
+/// inside the tracking clock's 18-hour wrap.
+const SWEEP_TICKS: usize = 200;
 
 /// What never changes while forwarding.
 pub struct Node {
@@ -42,8 +45,13 @@ pub struct Controller {
     stats: Arc<Vec<Stats>>,
     started: Instant,
     state: Mutex<State>,
-    /// Per worker: polls last seen and when they last advanced.
+    /// Per worker: polls last seen and when they last advanced, updated
+    /// every tick.
     liveness: Mutex<Vec<(u64, Instant)>>,
+    /// The flow table sweep: next bucket, live entries so far this pass.
+    sweep: Mutex<(usize, u64)>,
+    /// Live flow entries found by the last full sweep.
+    flow_entries: AtomicU64,
 }
 
 struct State {
@@ -60,6 +68,9 @@ struct State {
     trackers: BTreeMap<IpAddr, Tracker>,
     /// The last failure of each unhealthy backend, for /v1/vips.
     reasons: BTreeMap<IpAddr, String>,
+    /// Per tracking id, the packets counted before its current backend
+    /// got it (ids are reused), subtracted in /metrics.
+    baselines: BTreeMap<u16, u64>,
 }
 
 impl State {
@@ -160,8 +171,11 @@ impl Controller {
                 monitor,
                 trackers,
                 reasons: BTreeMap::new(),
+                baselines: BTreeMap::new(),
             }),
             liveness: Mutex::new(liveness),
+            sweep: Mutex::new((0, 0)),
+            flow_entries: AtomicU64::new(0),
         }
     }
 
@@ -189,7 +203,8 @@ impl Controller {
                 s.tables = Arc::new(t);
                 self.publish(s);
             }
-            // Only removals happen here, which cannot make a set too large.
+            // `Services::put` checked the sets build with every backend
+            // healthy, so this cannot happen.
             Err(e) => log::error!("cannot rebuild the tables: {e}"),
         }
     }
@@ -224,9 +239,12 @@ impl Controller {
     /// and refreshes, health reports. `unreachable` are backends a
     /// passive check saw answer our GRE with ICMP unreachable.
     pub fn tick(&self, unreachable: &[IpAddr]) {
-        self.shared
-            .now
-            .store(conntrack::clock(self.started.elapsed()), Relaxed);
+        let clock = conntrack::clock(self.started.elapsed());
+        self.shared.now.store(clock, Relaxed);
+        self.watch_workers();
+        if let Some(flows) = &self.shared.flows {
+            self.sweep(flows, clock);
+        }
         let mut s = self.lock();
         let mut missed = false;
         while let Some(backend) = self.shared.misses.pop() {
@@ -291,6 +309,33 @@ impl Controller {
         if flipped {
             self.rebuild(&mut s);
         }
+    }
+
+    /// Notes which workers' poll counts advanced, for /healthz.
+    fn watch_workers(&self) {
+        let now = Instant::now();
+        let mut live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        for (stats, seen) in self.stats.iter().zip(live.iter_mut()) {
+            let polls = stats.read().polls;
+            if polls != seen.0 {
+                *seen = (polls, now);
+            }
+        }
+    }
+
+    /// One step of the sweep that clears expired flows and counts the
+    /// live ones; outside the state lock, as it reads up to 2 GiB a pass.
+    fn sweep(&self, flows: &conntrack::Table, clock: u16) {
+        let mut sweep = self.sweep.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, live) = *sweep;
+        let step = flows.buckets().div_ceil(SWEEP_TICKS);
+        let live = live + flows.sweep(next, step, clock);
+        *sweep = if next + step >= flows.buckets() {
+            self.flow_entries.store(live, Relaxed);
+            (0, 0)
+        } else {
+            (next + step, live)
+        };
     }
 
     /// Whether passive checks apply: only with active checks to bring a
@@ -358,7 +403,13 @@ impl api::Control for Controller {
     fn delete_backend(&self, service: ServiceName, addr: IpAddr) -> Result<u64, ChangeError> {
         let mut s = self.lock();
         let unhealthy = s.unhealthy();
-        let tables = s.services.delete(service, addr, &unhealthy)?;
+        let (tables, removed) = s.services.delete(service, addr, &unhealthy)?;
+        let counted = self
+            .stats
+            .iter()
+            .map(|st| st.backend_packets(removed.id))
+            .sum();
+        s.baselines.insert(removed.id, counted);
         let generation = tables.generation();
         self.install(&mut s, tables);
         Ok(generation)
@@ -366,19 +417,19 @@ impl api::Control for Controller {
 
     fn healthz(&self) -> Result<(), String> {
         let now = Instant::now();
-        let mut live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stalled = Vec::new();
-        for (i, (stats, seen)) in self.stats.iter().zip(live.iter_mut()).enumerate() {
-            let polls = stats.read().polls;
-            if polls != seen.0 {
-                *seen = (polls, now);
-            } else if now.duration_since(seen.1) > STALL {
-                stalled.push(format!(
+        let live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        let stalled: Vec<String> = live
+            .iter()
+            .enumerate()
+            .filter(|(_, seen)| now.duration_since(seen.1) > STALL)
+            .map(|(i, seen)| {
+                format!(
                     "worker {i} has not polled for {} ms",
                     now.duration_since(seen.1).as_millis()
-                ));
-            }
-        }
+                )
+            })
+            .collect();
+        drop(live);
         if self.shared.stop.load(Relaxed) {
             return Err("stopping".to_string());
         }
@@ -414,7 +465,12 @@ impl api::Control for Controller {
             .map(|(name, addr, e)| metrics::BackendSample {
                 vip: name.to_string(),
                 backend: addr,
-                packets: self.stats.iter().map(|st| st.backend_packets(e.id)).sum(),
+                packets: self
+                    .stats
+                    .iter()
+                    .map(|st| st.backend_packets(e.id))
+                    .sum::<u64>()
+                    .saturating_sub(s.baselines.get(&e.id).copied().unwrap_or(0)),
                 up: e.state != api::State::Down && listed.contains(&e.id),
             })
             .collect();
@@ -433,9 +489,146 @@ impl api::Control for Controller {
                 .shared
                 .flows
                 .as_ref()
-                .map(|f| f.count(self.shared.now.load(Relaxed))),
+                .map(|_| self.flow_entries.load(Relaxed)),
         };
         drop(s);
         metrics::render(&sample)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::control::api::{Control, State as Admin};
+
+    fn controller(workers: usize) -> Controller {
+        let config = Config::from_vars(
+            [
+                ("RR_DEVICE", "lo"),
+                ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2"),
+                ("RR_TABLE_SIZE", "251"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let (services, tables) = crate::control::tables(&config).unwrap();
+        let node = Node {
+            mac: ethernet::Address([2, 0, 0, 0, 0, 1]),
+            v4: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            v6: Vec::new(),
+            vlan: None,
+            hasher: flow::Hasher::new(&config.hash_key),
+            health: None,
+        };
+        let resolution = Resolution {
+            entries: Vec::new(),
+            unresolved: Vec::new(),
+            elsewhere: Vec::new(),
+        };
+        let tables = Arc::new(tables);
+        let shared = Arc::new(Shared::new(
+            first_snapshot(&node, &tables, &resolution),
+            None,
+        ));
+        let stats = Arc::new((0..workers).map(|_| Stats::default()).collect());
+        // Index 1 is loopback: resolving reads the kernel's tables only.
+        Controller::new(
+            node,
+            services,
+            tables,
+            Resolver::new(1),
+            resolution,
+            shared,
+            stats,
+        )
+    }
+
+    fn generation_in_use(c: &Controller) -> u64 {
+        c.shared.snapshot.load().tables.generation()
+    }
+
+    #[test]
+    fn every_change_is_published_as_one_new_generation_and_answered_with_it() {
+        let c = controller(1);
+        assert_eq!(generation_in_use(&c), 1);
+        let addr: IpAddr = "10.1.0.3".parse().unwrap();
+        let change = Change {
+            weight: Some(4),
+            state: None,
+        };
+        let (g, backend, created) = c.put_backend(ServiceName::Default, addr, change).unwrap();
+        assert_eq!((g, created, generation_in_use(&c)), (2, true, 2));
+        assert_eq!(backend["weight"], 4);
+        assert_eq!(backend["health"], "unchecked");
+        let drain = Change {
+            weight: None,
+            state: Some(Admin::Drain),
+        };
+        let (g, backend, created) = c.put_backend(ServiceName::Default, addr, drain).unwrap();
+        assert_eq!((g, created, generation_in_use(&c)), (3, false, 3));
+        assert_eq!(backend["state"], "drain");
+        assert_eq!(c.delete_backend(ServiceName::Default, addr), Ok(4));
+        assert_eq!(generation_in_use(&c), 4);
+        let unknown = c.delete_backend(ServiceName::Default, addr).unwrap_err();
+        assert!(matches!(unknown, ChangeError::UnknownBackend { .. }));
+        assert_eq!(
+            generation_in_use(&c),
+            4,
+            "a refused change publishes nothing"
+        );
+        let v = c.vips();
+        assert_eq!(v["generation"], 4);
+        assert_eq!(v["vips"][0]["backends"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn healthz_reports_a_worker_that_stopped_polling() {
+        let c = controller(2);
+        assert_eq!(c.healthz(), Ok(()));
+        std::thread::sleep(STALL + Duration::from_millis(100));
+        c.watch_workers();
+        let err = c.healthz().unwrap_err();
+        assert!(
+            err.contains("worker 0 has not polled") && err.contains("worker 1"),
+            "{err}"
+        );
+        // Polls advancing (as a live worker's do) make it healthy again.
+        for s in c.stats.iter() {
+            s.publish(&crate::dataplane::Counters::default(), Default::default());
+        }
+        c.watch_workers();
+        assert_eq!(c.healthz(), Ok(()));
+        c.shared.stop.store(true, Relaxed);
+        assert_eq!(c.healthz(), Err("stopping".to_string()));
+    }
+
+    #[test]
+    fn metrics_name_every_backend_with_its_state() {
+        let c = controller(1);
+        let down = Change {
+            weight: None,
+            state: Some(Admin::Down),
+        };
+        c.put_backend(ServiceName::Default, "10.1.0.2".parse().unwrap(), down)
+            .unwrap();
+        let text = c.metrics();
+        assert!(
+            text.contains("rr_backend_up{vip=\"default\",backend=\"10.1.0.1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rr_backend_up{vip=\"default\",backend=\"10.1.0.2\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("rr_table_generation 2\n"), "{text}");
+        assert!(
+            text.contains("rr_rx_packets_total{queue=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("rr_flow_table_entries"),
+            "tracking is off: {text}"
+        );
     }
 }

@@ -256,6 +256,10 @@ struct Checker {
 pub struct Monitor {
     settings: Settings,
     checkers: BTreeMap<IpAddr, Checker>,
+    /// Told to stop but maybe still in a probe: joined once finished, or
+    /// on drop, so `set_targets` never waits (it runs under the
+    /// controller's lock).
+    retired: Vec<(IpAddr, Checker)>,
     sender: Sender<Report>,
     receiver: Receiver<Report>,
 }
@@ -266,6 +270,7 @@ impl Monitor {
         Monitor {
             settings,
             checkers: BTreeMap::new(),
+            retired: Vec::new(),
             sender,
             receiver,
         }
@@ -277,8 +282,8 @@ impl Monitor {
 
     /// Starts a checker thread ("rr-health") for each new address and stops
     /// those no longer listed. Each probes at once (after under 100 ms of
-    /// jitter), then every interval. Returns once removed checkers have
-    /// ended, which can take up to one probe timeout.
+    /// jitter), then every interval. Never waits: a removed checker ends
+    /// after its probe in flight, and its late reports are filtered out.
     pub fn set_targets(&mut self, addrs: &[IpAddr]) {
         let wanted: BTreeSet<IpAddr> = addrs.iter().copied().collect();
         let gone: Vec<IpAddr> = self
@@ -291,11 +296,15 @@ impl Monitor {
             .into_iter()
             .filter_map(|addr| self.checkers.remove(&addr).map(|c| (addr, c)))
             .collect();
-        // Signal all before joining any, so their probes wind down together.
         for (_, checker) in &stopping {
             checker.stop.store(true, Ordering::Release);
         }
-        for (addr, checker) in stopping {
+        self.retired.extend(stopping);
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(_, c)| c.thread.is_finished());
+        self.retired = running;
+        for (addr, checker) in done {
             join(addr, checker);
         }
         for addr in wanted {
@@ -360,6 +369,9 @@ impl Drop for Monitor {
             checker.stop.store(true, Ordering::Release);
         }
         for (addr, checker) in std::mem::take(&mut self.checkers) {
+            join(addr, checker);
+        }
+        for (addr, checker) in std::mem::take(&mut self.retired) {
             join(addr, checker);
         }
     }
@@ -859,10 +871,16 @@ mod tests {
         reports_until(&monitor, Duration::from_millis(400), |r| {
             has(r, LOCAL, true) && has(r, OTHER, false)
         });
+        let started = std::time::Instant::now();
         monitor.set_targets(&[LOCAL]);
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "set_targets waited"
+        );
         assert_eq!(monitor.targets(), [LOCAL]);
         // Read the channel itself, past drain's filter: the removed checker
-        // must have ended, not merely be hidden.
+        // must have ended (within its probe), not merely be hidden.
+        thread::sleep(Duration::from_millis(150));
         let _queued: Vec<Report> = monitor.receiver.try_iter().collect();
         thread::sleep(Duration::from_millis(350));
         let after: Vec<Report> = monitor.receiver.try_iter().collect();

@@ -112,7 +112,7 @@ pub fn render(s: &Sample) -> String {
         &mut out,
         "rr_backend_up",
         "gauge",
-        "1 if the backend takes new flows, else 0.",
+        "1 while the backend is in the table (up or drain, and healthy), else 0.",
     );
     for b in &s.backends {
         let backend = b.backend.to_string();
@@ -139,7 +139,7 @@ pub fn render(s: &Sample) -> String {
         &mut out,
         "rr_flow_table_misses_total",
         "counter",
-        "Flow table lookups that found no flow.",
+        "Flow table lookups that found no flow, or one whose backend has left the table.",
     );
     sample(&mut out, "rr_flow_table_misses_total", &[], s.flow_misses);
     if let Some(entries) = s.flow_entries {
@@ -147,7 +147,7 @@ pub fn render(s: &Sample) -> String {
             &mut out,
             "rr_flow_table_entries",
             "gauge",
-            "Flows in the flow table.",
+            "Live flows in the flow table, as of the last sweep (every 10 s).",
         );
         sample(&mut out, "rr_flow_table_entries", &[], entries);
     }
@@ -243,7 +243,7 @@ rr_dropped_packets_total{reason=\"ttl\"} 1
 # TYPE rr_backend_packets_total counter
 rr_backend_packets_total{vip=\"default\",backend=\"10.1.0.1\"} 9
 rr_backend_packets_total{vip=\"2001:db8::10\",backend=\"2001:db8::1\"} 0
-# HELP rr_backend_up 1 if the backend takes new flows, else 0.
+# HELP rr_backend_up 1 while the backend is in the table (up or drain, and healthy), else 0.
 # TYPE rr_backend_up gauge
 rr_backend_up{vip=\"default\",backend=\"10.1.0.1\"} 1
 rr_backend_up{vip=\"2001:db8::10\",backend=\"2001:db8::1\"} 0
@@ -253,10 +253,10 @@ rr_table_generation 5
 # HELP rr_flow_table_hits_total Flow table lookups that found a flow.
 # TYPE rr_flow_table_hits_total counter
 rr_flow_table_hits_total 100
-# HELP rr_flow_table_misses_total Flow table lookups that found no flow.
+# HELP rr_flow_table_misses_total Flow table lookups that found no flow, or one whose backend has left the table.
 # TYPE rr_flow_table_misses_total counter
 rr_flow_table_misses_total 6
-# HELP rr_flow_table_entries Flows in the flow table.
+# HELP rr_flow_table_entries Live flows in the flow table, as of the last sweep (every 10 s).
 # TYPE rr_flow_table_entries gauge
 rr_flow_table_entries 42
 ";

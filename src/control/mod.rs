@@ -20,7 +20,9 @@ use std::collections::BTreeSet;
 /// (generation 1): the default set (if any) and every VIP, each with one
 /// Maglev table per address family.
 pub fn tables(config: &Config) -> Result<(Services, Tables), Error> {
-    let quarantine = std::time::Duration::from_secs(u64::from(config.forwarder.flow_timeout));
+    // An entry lives while its age is ≤ the timeout, and workers' clocks
+    // lag by up to a tick: wait a little longer before reusing an id.
+    let quarantine = std::time::Duration::from_secs(u64::from(config.forwarder.flow_timeout) + 2);
     let mut services = Services::from_config(config, quarantine)?;
     let tables = services.tables(&BTreeSet::new())?;
     Ok((services, tables))

@@ -66,10 +66,7 @@ impl Services {
             sorted.sort_unstable();
             for b in &sorted {
                 let Some(id) = s.ids.take(now) else {
-                    return Err(tables::Error::Table {
-                        service: name.to_string(),
-                        source: crate::maglev::Error::TooManyBackends(MAX_IDS),
-                    });
+                    return Err(tables::Error::TooManyIds(MAX_IDS));
                 };
                 set.insert(
                     b.addr,
@@ -170,7 +167,13 @@ impl Services {
         if let Some(set) = next.sets.get_mut(&service) {
             set.insert(addr, entry);
         }
-        match next.tables(unhealthy) {
+        // It must also build once every backend is healthy again, or a
+        // recovery could not be applied.
+        let all_healthy = match unhealthy.is_empty() {
+            true => Ok(()),
+            false => next.build(&BTreeSet::new(), 0).map(|_| ()),
+        };
+        match all_healthy.and_then(|()| next.tables(unhealthy)) {
             Ok(t) => {
                 *self = next;
                 Ok((t, entry, old.is_none()))
@@ -193,14 +196,14 @@ impl Services {
         service: ServiceName,
         addr: IpAddr,
         unhealthy: &BTreeSet<IpAddr>,
-    ) -> Result<Tables, ChangeError> {
+    ) -> Result<(Tables, Entry), ChangeError> {
         let set = self
             .sets
             .get(&service)
             .ok_or(ChangeError::UnknownVip(service))?;
-        if !set.contains_key(&addr) {
+        let Some(&entry) = set.get(&addr) else {
             return Err(ChangeError::UnknownBackend { service, addr });
-        }
+        };
         let mut next = self.clone();
         let removed = next
             .sets
@@ -214,7 +217,7 @@ impl Services {
             next.ids.free(e.id, Instant::now());
         }
         *self = next;
-        Ok(tables)
+        Ok((tables, entry))
     }
 
     /// Every service and its backends, in order.
@@ -470,9 +473,10 @@ mod tests {
     #[test]
     fn delete_removes_and_frees_the_id() {
         let mut s = services(&[("RR_TARGET_IPS", "10.1.0.1;10.1.0.2")]);
-        let t = s
+        let (t, removed) = s
             .delete(ServiceName::Default, addr("10.1.0.1"), NONE)
             .unwrap();
+        assert_eq!(removed.weight, 1);
         assert_eq!(t.default_service().unwrap().v4().backends().len(), 1);
         assert_eq!(s.ids.freed.len(), 1);
         assert_eq!(s.addresses(), vec![addr("10.1.0.2")]);

@@ -47,10 +47,16 @@ fn pack(tag: u64, id: u16, now: u16) -> u64 {
     tag << 32 | u64::from(id) << 16 | u64::from(now)
 }
 
+/// Seconds since the entry was last seen. Signed: a worker whose batch
+/// began just before another worker refreshed the entry sees it a second
+/// or so in the future, and must still find it.
 #[inline]
-fn age(entry: u64, now: u16) -> u16 {
-    now.wrapping_sub(entry as u16)
+fn age(entry: u64, now: u16) -> i16 {
+    now.wrapping_sub(entry as u16) as i16
 }
+
+/// How far in the future an entry may look (clock read once per batch).
+const SKEW: i16 = 2;
 
 impl Table {
     /// At least `entries` entries (rounded up to whole power-of-two bucket
@@ -80,7 +86,7 @@ impl Table {
 
     #[inline]
     fn live(&self, entry: u64, now: u16) -> bool {
-        entry != 0 && age(entry, now) <= self.timeout
+        entry != 0 && (-SKEW..=self.timeout as i16).contains(&age(entry, now))
     }
 
     /// The backend id tracked for a flow, if any. A hit refreshes the
@@ -91,7 +97,7 @@ impl Table {
         for slot in &self.bucket(hash).0 {
             let entry = slot.load(Relaxed);
             if entry >> 32 == tag && self.live(entry, now) {
-                if age(entry, now) != 0 {
+                if age(entry, now) > 0 {
                     // Losing this race to an insert is fine: the insert is newer.
                     let _ = slot.compare_exchange(
                         entry,
@@ -114,17 +120,22 @@ impl Table {
         let bucket = &self.bucket(hash).0;
         let mut victim = &bucket[0];
         let mut victim_entry = victim.load(Relaxed);
-        let mut oldest = 0u16;
+        // Own entry first (no duplicates), then a free slot, then the oldest.
+        let mut rank = (0u8, i16::MIN);
         for slot in bucket {
             let entry = slot.load(Relaxed);
-            if entry >> 32 == tag || !self.live(entry, now) {
+            if entry >> 32 == tag {
                 victim = slot;
                 victim_entry = entry;
                 break;
             }
-            let a = age(entry, now);
-            if a >= oldest {
-                oldest = a;
+            let r = if self.live(entry, now) {
+                (1, age(entry, now))
+            } else {
+                (2, 0)
+            };
+            if r > rank {
+                rank = r;
                 victim = slot;
                 victim_entry = entry;
             }
@@ -134,13 +145,35 @@ impl Table {
         let _ = victim.compare_exchange(victim_entry, pack(tag, id, now), Relaxed, Relaxed);
     }
 
-    /// Live entries, for metrics; reads every bucket, so control side only.
+    /// Buckets in the table.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Clears the expired entries of buckets `from..from + n` (wrapping)
+    /// and returns how many live ones they hold. Control side: run over
+    /// the whole table well within the clock's 18-hour wrap, or an entry
+    /// expired for that long would look fresh again.
+    pub fn sweep(&self, from: usize, n: usize, now: u16) -> u64 {
+        let mut live = 0;
+        for i in 0..n.min(self.buckets.len()) {
+            let bucket = &self.buckets[(from + i) & self.mask];
+            for slot in &bucket.0 {
+                let entry = slot.load(Relaxed);
+                if self.live(entry, now) {
+                    live += 1;
+                } else if entry != 0 {
+                    // A worker may have just refreshed it: then keep theirs.
+                    let _ = slot.compare_exchange(entry, 0, Relaxed, Relaxed);
+                }
+            }
+        }
+        live
+    }
+
+    /// Live entries; sweeps the whole table, so tests and small tables only.
     pub fn count(&self, now: u16) -> u64 {
-        self.buckets
-            .iter()
-            .flat_map(|b| &b.0)
-            .filter(|s| self.live(s.load(Relaxed), now))
-            .count() as u64
+        self.sweep(0, self.buckets.len(), now)
     }
 }
 
@@ -191,6 +224,37 @@ mod tests {
         let t = Table::new(64, 10);
         t.insert(hash(3), 9, u16::MAX - 2);
         assert_eq!(t.lookup(hash(3), 4), Some(9), "7 s later across the wrap");
+    }
+
+    #[test]
+    fn a_worker_with_an_older_clock_still_finds_a_refreshed_flow() {
+        let t = Table::new(64, 10);
+        t.insert(hash(1), 1, 100);
+        assert_eq!(t.lookup(hash(1), 101), Some(1), "refreshed to 101");
+        assert_eq!(t.lookup(hash(1), 100), Some(1), "a batch that began at 100");
+        assert_eq!(t.lookup(hash(1), 101), Some(1));
+    }
+
+    #[test]
+    fn sweeping_clears_expired_entries_so_the_clock_wrap_cannot_revive_them() {
+        let t = Table::new(64, 10);
+        t.insert(hash(1), 1, 5);
+        t.insert(hash(2), 2, 18);
+        assert_eq!(t.sweep(0, t.buckets(), 20), 1);
+        assert_eq!(t.lookup(hash(1), 5), None, "cleared, not just old");
+        assert_eq!(t.lookup(hash(2), 20), Some(2));
+    }
+
+    #[test]
+    fn insert_reuses_the_flows_own_entry_even_behind_an_expired_one() {
+        let t = Table::new(WAYS, 10);
+        // Same bucket (one bucket in all): an old flow, then ours.
+        t.insert(hash(1), 1, 45);
+        t.insert(hash(2), 2, 50);
+        // At 60 flow 1 has expired; flow 2's entry comes after it.
+        t.insert(hash(2), 3, 60);
+        assert_eq!(t.lookup(hash(2), 60), Some(3));
+        assert_eq!(t.count(60), 1, "no duplicate of flow 2");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum Error {
     DuplicateVip(IpAddr),
     #[error("{0}: a backend has no connection-tracking id")]
     MissingId(String),
+    #[error("more than {0} backends in all sets: each needs one of {0} tracking ids")]
+    TooManyIds(usize),
 }
 
 /// One backend set. A frame that arrived in an IPv4 outer header can only be

@@ -204,7 +204,7 @@ impl Stats {
     /// Adds a batch. Single writer, so a plain load and store suffice
     /// (no locked read-modify-write on the hot path).
     #[inline]
-    fn publish(&self, batch: &Counters, port: PortDrops) {
+    pub(crate) fn publish(&self, batch: &Counters, port: PortDrops) {
         let s = &*self.inner;
         let bump = |counter: &AtomicU64, n: u64| {
             if n != 0 {
