@@ -34,8 +34,13 @@ pub const MAX_BODY: usize = 4096;
 /// How long a client may take to send its request head and body.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest a connection stays open, whatever the client does.
+/// Longest a connection stays open, whatever the client does; then it
+/// finishes the request in hand and closes.
 const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
+
+/// Connections served at once; more are closed on arrival, so a flood
+/// cannot take the file descriptors the health checks need.
+const MAX_CONNECTIONS: usize = 64;
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain";
@@ -432,6 +437,8 @@ impl Server {
         listener.set_nonblocking(true).map_err(listen)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // `handle` may wait for the controller's lock: off the runtime.
+            .max_blocking_threads(4)
             .build()
             .map_err(Error::Spawn)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -478,6 +485,7 @@ async fn run(
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stopped => return,
@@ -491,20 +499,30 @@ async fn run(
                 }
             },
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            log::warn!("control API: {MAX_CONNECTIONS} connections open; closing one from {peer}");
+            continue;
+        };
         let control = Arc::clone(&control);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let control = Arc::clone(&control);
-                async move {
-                    Ok::<_, std::convert::Infallible>(serve(control.as_ref(), request, peer).await)
-                }
+                async move { Ok::<_, std::convert::Infallible>(serve(control, request, peer).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            // A client that dawdles is dropped; the error is theirs.
-            let _ = tokio::time::timeout(CONNECTION_LIMIT, connection).await;
+            let mut connection = std::pin::pin!(connection);
+            // Errors are the client's (it went away, sent garbage).
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIMIT) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(READ_TIMEOUT, connection).await;
+                }
+            }
         });
     }
 }
@@ -512,7 +530,7 @@ async fn run(
 type Body = http_body_util::Full<hyper::body::Bytes>;
 
 async fn serve(
-    control: &dyn Control,
+    control: Arc<dyn Control>,
     request: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
 ) -> hyper::Response<Body> {
@@ -525,17 +543,32 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     // Checked before reading, so a body we will refuse is never taken.
-    let response = if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        handle(control, &method, &url, Err(TooLarge))
+    let body = if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        Ok(Err(TooLarge))
     } else {
         let limited = http_body_util::Limited::new(request.into_body(), MAX_BODY);
         match tokio::time::timeout(READ_TIMEOUT, limited.collect()).await {
-            Ok(Ok(body)) => handle(control, &method, &url, Ok(&body.to_bytes())),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                handle(control, &method, &url, Err(TooLarge))
-            }
-            Ok(Err(e)) => Response::bad(&format!("cannot read body: {e}"), "body"),
-            Err(_) => Response::bad("timed out reading the body", "body"),
+            Ok(Ok(body)) => Ok(Ok(body.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Ok(Err(TooLarge)),
+            Ok(Err(e)) => Err(Response::bad(&format!("cannot read body: {e}"), "body")),
+            Err(_) => Err(Response::error(
+                408,
+                "timed out reading the body",
+                Some("body"),
+            )),
+        }
+    };
+    let response = match body {
+        Err(response) => response,
+        Ok(body) => {
+            let (m, u) = (method.clone(), url.clone());
+            // Off the runtime thread: a change waits for the controller.
+            let task = tokio::task::spawn_blocking(move || {
+                let body = body.as_deref().map_err(|_| TooLarge);
+                handle(control.as_ref(), &m, &u, body)
+            });
+            task.await
+                .unwrap_or_else(|e| Response::error(500, &format!("request failed: {e}"), None))
         }
     };
     if !matches!(method.as_str(), "GET" | "HEAD") {
@@ -585,6 +618,8 @@ mod tests {
         created: bool,
         refuse: Option<fn() -> ChangeError>,
         unhealthy: Option<&'static str>,
+        /// How long a PUT takes, as if waiting for the controller's lock.
+        slow: Option<Duration>,
     }
 
     impl Fake {
@@ -610,6 +645,9 @@ mod tests {
                 .push(Call::Put(service, addr, change.clone()));
             if let Some(refuse) = self.refuse {
                 return Err(refuse());
+            }
+            if let Some(delay) = self.slow {
+                std::thread::sleep(delay);
             }
             let state = change.state.unwrap_or(State::Up).name();
             let backend = json!({ "addr": addr.to_string(), "weight": change.weight.unwrap_or(1), "state": state });
@@ -1143,6 +1181,65 @@ mod tests {
             "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
         assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn a_slow_change_does_not_hold_up_healthz() {
+        let fake = Arc::new(Fake {
+            slow: Some(Duration::from_secs(2)),
+            ..Fake::default()
+        });
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), fake).unwrap();
+        let addr = server.local_addr();
+        let put = std::thread::spawn(move || {
+            exchange(
+                addr,
+                "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+                 Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let (status, _, _) = exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(put.join().unwrap().0, 200);
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_are_closed_and_the_rest_served() {
+        let server =
+            Server::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fake::default())).unwrap();
+        let addr = server.local_addr();
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut extra = TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(extra.read(&mut buf).ok(), Some(0), "not closed at once");
+        drop(idle);
+        let ok = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .is_ok()
+                && {
+                    let mut reply = String::new();
+                    s.read_to_string(&mut reply).is_ok() && reply.starts_with("HTTP/1.1 200")
+                }
+        });
+        assert!(ok, "not served once the idle connections went");
     }
 
     #[test]

@@ -328,7 +328,10 @@ impl Controller {
     fn sweep(&self, flows: &conntrack::Table, clock: u16) {
         let mut sweep = self.sweep.lock().unwrap_or_else(|e| e.into_inner());
         let (next, live) = *sweep;
-        let step = flows.buckets().div_ceil(SWEEP_TICKS);
+        let step = flows
+            .buckets()
+            .div_ceil(SWEEP_TICKS)
+            .min(flows.buckets() - next);
         let live = live + flows.sweep(next, step, clock);
         *sweep = if next + step >= flows.buckets() {
             self.flow_entries.store(live, Relaxed);
@@ -395,6 +398,15 @@ impl api::Control for Controller {
         let mut s = self.lock();
         let unhealthy = s.unhealthy();
         let (tables, entry, created) = s.services.put(service, addr, &change, &unhealthy)?;
+        if created {
+            // The id may have counted for a removed backend before.
+            let counted = self
+                .stats
+                .iter()
+                .map(|st| st.backend_packets(entry.id))
+                .sum();
+            s.baselines.insert(entry.id, counted);
+        }
         let generation = tables.generation();
         self.install(&mut s, tables);
         Ok((generation, self.backend_json(&s, addr, &entry), created))
@@ -403,13 +415,7 @@ impl api::Control for Controller {
     fn delete_backend(&self, service: ServiceName, addr: IpAddr) -> Result<u64, ChangeError> {
         let mut s = self.lock();
         let unhealthy = s.unhealthy();
-        let (tables, removed) = s.services.delete(service, addr, &unhealthy)?;
-        let counted = self
-            .stats
-            .iter()
-            .map(|st| st.backend_packets(removed.id))
-            .sum();
-        s.baselines.insert(removed.id, counted);
+        let (tables, _) = s.services.delete(service, addr, &unhealthy)?;
         let generation = tables.generation();
         self.install(&mut s, tables);
         Ok(generation)

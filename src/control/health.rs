@@ -243,10 +243,14 @@ fn describe(stage: &str, e: &io::Error) -> String {
 pub struct Report {
     pub addr: IpAddr,
     pub result: Result<(), String>,
+    /// The checker that sent it: a removed and re-added address gets a new
+    /// checker, and the old one's late reports must not count.
+    pub checker: u64,
 }
 
 #[derive(Debug)]
 struct Checker {
+    serial: u64,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -260,6 +264,7 @@ pub struct Monitor {
     /// on drop, so `set_targets` never waits (it runs under the
     /// controller's lock).
     retired: Vec<(IpAddr, Checker)>,
+    serials: u64,
     sender: Sender<Report>,
     receiver: Receiver<Report>,
 }
@@ -271,6 +276,7 @@ impl Monitor {
             settings,
             checkers: BTreeMap::new(),
             retired: Vec::new(),
+            serials: 0,
             sender,
             receiver,
         }
@@ -315,13 +321,22 @@ impl Monitor {
             let settings = self.settings.clone();
             let sender = self.sender.clone();
             let flag = Arc::clone(&stop);
+            self.serials += 1;
+            let serial = self.serials;
             let spawned = thread::Builder::new()
                 .name("rr-health".to_string())
-                .spawn(move || check_loop(addr, &settings, &flag, &sender));
+                .spawn(move || check_loop(addr, serial, &settings, &flag, &sender));
             match spawned {
                 Ok(thread) => {
                     log::debug!("health: checking {addr}");
-                    self.checkers.insert(addr, Checker { stop, thread });
+                    self.checkers.insert(
+                        addr,
+                        Checker {
+                            serial,
+                            stop,
+                            thread,
+                        },
+                    );
                 }
                 // Left out; the next set_targets tries again.
                 Err(e) => log::warn!("health: cannot start a checker for {addr}: {e}"),
@@ -338,7 +353,7 @@ impl Monitor {
     pub fn try_recv(&self) -> Option<Report> {
         loop {
             let report = self.receiver.try_recv().ok()?;
-            if self.checkers.contains_key(&report.addr) {
+            if self.current(&report) {
                 return Some(report);
             }
         }
@@ -350,10 +365,17 @@ impl Monitor {
         loop {
             let left = remaining(deadline).ok()?;
             let report = self.receiver.recv_timeout(left).ok()?;
-            if self.checkers.contains_key(&report.addr) {
+            if self.current(&report) {
                 return Some(report);
             }
         }
+    }
+
+    /// Whether the report comes from the address's current checker.
+    fn current(&self, report: &Report) -> bool {
+        self.checkers
+            .get(&report.addr)
+            .is_some_and(|c| c.serial == report.checker)
     }
 
     /// Every queued report about a current target. Reports about removed
@@ -384,7 +406,13 @@ fn join(addr: IpAddr, checker: Checker) {
     log::debug!("health: stopped checking {addr}");
 }
 
-fn check_loop(addr: IpAddr, settings: &Settings, stop: &AtomicBool, reports: &Sender<Report>) {
+fn check_loop(
+    addr: IpAddr,
+    checker: u64,
+    settings: &Settings,
+    stop: &AtomicBool,
+    reports: &Sender<Report>,
+) {
     let interval = settings.interval.clamp(MIN_INTERVAL, LONGEST);
     // Spreads the first probes of backends added together.
     let jitter = Duration::from_millis(RandomState::new().hash_one(addr) % MAX_JITTER_MS);
@@ -400,7 +428,12 @@ fn check_loop(addr: IpAddr, settings: &Settings, stop: &AtomicBool, reports: &Se
         if let Err(reason) = &result {
             log::debug!("health: {addr}: {reason}");
         }
-        if reports.send(Report { addr, result }).is_err() {
+        let report = Report {
+            addr,
+            result,
+            checker,
+        };
+        if reports.send(report).is_err() {
             return;
         }
         if !sleep_until(next, stop) {
@@ -889,11 +922,29 @@ mod tests {
     }
 
     #[test]
+    fn a_re_added_address_ignores_its_old_checkers_reports() {
+        let mut monitor = Monitor::new(settings(closed_port(), None, 100));
+        monitor.set_targets(&[OTHER]);
+        let old = monitor.checkers[&OTHER].serial;
+        monitor.set_targets(&[]);
+        monitor.set_targets(&[OTHER]);
+        assert_ne!(monitor.checkers[&OTHER].serial, old);
+        let late = Report {
+            addr: OTHER,
+            result: Err("late".to_string()),
+            checker: old,
+        };
+        monitor.sender.send(late).unwrap();
+        assert!(monitor.drain().iter().all(|r| r.checker != old));
+    }
+
+    #[test]
     fn drain_drops_reports_about_addresses_not_checked() {
         let monitor = Monitor::new(settings(closed_port(), None, 100));
         let stale = Report {
             addr: OTHER,
             result: Ok(()),
+            checker: 1,
         };
         monitor.sender.send(stale.clone()).unwrap();
         monitor.sender.send(stale).unwrap();

@@ -103,26 +103,36 @@ impl Services {
         let mut default = None;
         let mut vips = Vec::new();
         for (name, set) in &self.sets {
-            let listed: Vec<Backend> = set
-                .iter()
-                .filter(|(addr, e)| e.state != State::Down && !unhealthy.contains(addr))
-                .map(|(&addr, e)| Backend {
-                    addr,
-                    weight: if e.state == State::Drain { 0 } else { e.weight },
-                })
-                .collect();
-            let vip = match name {
-                ServiceName::Default => None,
-                ServiceName::Vip(a) => Some(*a),
-            };
-            let id = |addr| set.get(&addr).map(|e| e.id);
-            let service = Service::build_tracked(vip, &listed, &self.key, self.size, id)?;
+            let service = self.service(*name, set, unhealthy)?;
             match name {
                 ServiceName::Default => default = Some(service),
                 ServiceName::Vip(_) => vips.push(service),
             }
         }
         Tables::new(generation, default, vips)
+    }
+
+    /// One service's tables.
+    fn service(
+        &self,
+        name: ServiceName,
+        set: &BTreeMap<IpAddr, Entry>,
+        unhealthy: &BTreeSet<IpAddr>,
+    ) -> Result<Service, tables::Error> {
+        let listed: Vec<Backend> = set
+            .iter()
+            .filter(|(addr, e)| e.state != State::Down && !unhealthy.contains(addr))
+            .map(|(&addr, e)| Backend {
+                addr,
+                weight: if e.state == State::Drain { 0 } else { e.weight },
+            })
+            .collect();
+        let vip = match name {
+            ServiceName::Default => None,
+            ServiceName::Vip(a) => Some(a),
+        };
+        let id = |addr| set.get(&addr).map(|e| e.id);
+        Service::build_tracked(vip, &listed, &self.key, self.size, id)
     }
 
     /// Adds a backend (weight 1, `up` unless told otherwise) or changes
@@ -169,9 +179,9 @@ impl Services {
         }
         // It must also build once every backend is healthy again, or a
         // recovery could not be applied.
-        let all_healthy = match unhealthy.is_empty() {
-            true => Ok(()),
-            false => next.build(&BTreeSet::new(), 0).map(|_| ()),
+        let all_healthy = match (unhealthy.is_empty(), next.sets.get(&service)) {
+            (false, Some(set)) => next.service(service, set, &BTreeSet::new()).map(|_| ()),
+            _ => Ok(()),
         };
         match all_healthy.and_then(|()| next.tables(unhealthy)) {
             Ok(t) => {
@@ -453,6 +463,35 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(s.generation(), g);
+        assert_eq!(s.addresses().len(), 250);
+    }
+
+    #[test]
+    fn a_change_that_would_not_fit_once_all_are_healthy_again_is_refused() {
+        let mut s = services(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_TABLE_SIZE", "251")]);
+        let any = Change {
+            weight: None,
+            state: None,
+        };
+        for i in 2..=250u8 {
+            s.put(
+                ServiceName::Default,
+                IpAddr::from([10, 1, 0, i]),
+                &any,
+                NONE,
+            )
+            .unwrap();
+        }
+        // 250 backends, one unhealthy: 249 listed. A 251st would fit now,
+        // but not once the sick one recovers (251 slots).
+        let sick: BTreeSet<IpAddr> = [addr("10.1.0.1")].into();
+        let err = s
+            .put(ServiceName::Default, addr("10.1.1.1"), &any, &sick)
+            .unwrap_err();
+        assert!(
+            matches!(err, ChangeError::Invalid { field: "addr", .. }),
+            "{err:?}"
+        );
         assert_eq!(s.addresses().len(), 250);
     }
 

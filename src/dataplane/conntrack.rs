@@ -22,6 +22,8 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub const WAYS: usize = 8;
 /// Tracking ids are below this: per-backend counters are indexed by id.
 pub const MAX_IDS: usize = 4096;
+/// Longest flow timeout, in seconds.
+pub const MAX_TIMEOUT: u16 = 3600;
 /// Largest table accepted: 2^28 entries (2 GiB).
 pub const MAX_ENTRIES: usize = 1 << 28;
 
@@ -69,7 +71,8 @@ impl Table {
         Table {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
-            timeout: timeout.max(1),
+            // Ages are i16: keep the timeout far below its range.
+            timeout: timeout.clamp(1, MAX_TIMEOUT),
         }
     }
 
@@ -162,7 +165,11 @@ impl Table {
                 let entry = slot.load(Relaxed);
                 if self.live(entry, now) {
                     live += 1;
-                } else if entry != 0 {
+                } else if entry != 0
+                    && !(-SKEW..=self.timeout as i16 + SKEW).contains(&age(entry, now))
+                {
+                    // Past what even a worker a second or two behind
+                    // still counts as live.
                     // A worker may have just refreshed it: then keep theirs.
                     let _ = slot.compare_exchange(entry, 0, Relaxed, Relaxed);
                 }
