@@ -591,6 +591,7 @@ fn read_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::netns;
     use etherparse::{
         Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header,
         PacketBuilder, icmpv4, icmpv4::DestUnreachableHeader, icmpv6,
@@ -1146,24 +1147,9 @@ mod tests {
 
     // --- Passive sockets ---
 
-    /// Effective uid 0, from the `Uid:` line (real, effective, saved, fs).
-    fn is_root() -> bool {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0")
-    }
-
     #[test]
     fn passive_reports_a_backend_from_icmp_over_loopback() {
-        if !is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs as root and must run this test"
-            );
-            eprintln!("skipped: needs root (raw ICMP sockets)");
+        if netns::skip_unless_root("passive_reports_a_backend_from_icmp_over_loopback") {
             return;
         }
         let mut passive = Passive::open().unwrap();

@@ -11,6 +11,11 @@ pub mod netlink;
 pub mod privileges;
 pub mod services;
 
+/// The namespace test harness, shared with the testbed.
+#[cfg(test)]
+#[path = "../../testbed/netns/mod.rs"]
+pub(crate) mod netns;
+
 use crate::config::Config;
 use crate::dataplane::tables::{Error, Tables};
 use services::Services;

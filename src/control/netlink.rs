@@ -742,13 +742,9 @@ fn ext_ack_tlvs(tlvs: &[u8], flags: u16) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "../../testbed/netns/mod.rs"]
-mod netns;
-
-#[cfg(test)]
 mod tests {
-    use super::netns;
     use super::*;
+    use crate::control::netns;
 
     fn lo_index() -> u32 {
         device("lo").expect("lo exists").index

@@ -438,8 +438,8 @@ mod tests {
         assert_eq!(s.addresses(), vec![addr("10.1.0.1")]);
     }
 
-    #[test]
-    fn a_set_too_large_for_the_table_is_refused_whole() {
+    /// 250 backends 10.1.0.1..=250 in 251 slots: one fewer than too many.
+    fn full_small_table() -> (Services, Change) {
         let mut s = services(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_TABLE_SIZE", "251")]);
         let any = Change {
             weight: None,
@@ -454,6 +454,12 @@ mod tests {
             )
             .unwrap();
         }
+        (s, any)
+    }
+
+    #[test]
+    fn a_set_too_large_for_the_table_is_refused_whole() {
+        let (mut s, any) = full_small_table();
         let g = s.generation();
         let err = s
             .put(ServiceName::Default, addr("10.1.1.1"), &any, NONE)
@@ -468,20 +474,7 @@ mod tests {
 
     #[test]
     fn a_change_that_would_not_fit_once_all_are_healthy_again_is_refused() {
-        let mut s = services(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_TABLE_SIZE", "251")]);
-        let any = Change {
-            weight: None,
-            state: None,
-        };
-        for i in 2..=250u8 {
-            s.put(
-                ServiceName::Default,
-                IpAddr::from([10, 1, 0, i]),
-                &any,
-                NONE,
-            )
-            .unwrap();
-        }
+        let (mut s, any) = full_small_table();
         // 250 backends, one unhealthy: 249 listed. A 251st would fit now,
         // but not once the sick one recovers (251 slots).
         let sick: BTreeSet<IpAddr> = [addr("10.1.0.1")].into();
