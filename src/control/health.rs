@@ -385,16 +385,28 @@ impl Monitor {
     }
 }
 
+/// How long a drop waits for checkers to end: those still in a long
+/// probe are left to finish it alone, so a stop is never held up by
+/// `RR_HEALTH_TIMEOUT`.
+const DROP_WAIT: Duration = Duration::from_millis(200);
+
 impl Drop for Monitor {
     fn drop(&mut self) {
         for checker in self.checkers.values() {
             checker.stop.store(true, Ordering::Release);
         }
-        for (addr, checker) in std::mem::take(&mut self.checkers) {
-            join(addr, checker);
+        let all: Vec<(IpAddr, Checker)> = std::mem::take(&mut self.checkers)
+            .into_iter()
+            .chain(std::mem::take(&mut self.retired))
+            .collect();
+        let deadline = later(DROP_WAIT);
+        while all.iter().any(|(_, c)| !c.thread.is_finished()) && remaining(deadline).is_ok() {
+            thread::sleep(Duration::from_millis(5));
         }
-        for (addr, checker) in std::mem::take(&mut self.retired) {
-            join(addr, checker);
+        for (addr, checker) in all {
+            if checker.thread.is_finished() {
+                join(addr, checker);
+            }
         }
     }
 }
@@ -958,7 +970,8 @@ mod tests {
         // Probes that hang until their timeout, and a long interval.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut s = settings(port, Some("/"), 300);
+        // A probe far longer than the drop may wait.
+        let mut s = settings(port, Some("/"), 10_000);
         s.interval = Duration::from_secs(60);
         let mut monitor = Monitor::new(s);
         monitor.set_targets(&[LOCAL, OTHER]);
@@ -966,7 +979,7 @@ mod tests {
         let started = Instant::now();
         drop(monitor);
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < DROP_WAIT + Duration::from_millis(300),
             "{:?}",
             started.elapsed()
         );
