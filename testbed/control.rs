@@ -151,6 +151,7 @@ fn gre_sink(ns: &Netns) -> socket2::Socket {
 /// Each flow's backend (an index into BACKENDS), sent once to node 0.
 fn placement(world: &World, flows: &[Flow]) -> HashMap<Flow, usize> {
     let seen = send_and_collect(world, 0, flows, 1);
+    assert_eq!(seen.len(), flows.len(), "not every flow was forwarded");
     seen.into_iter()
         .map(|(flow, got)| {
             assert_eq!(got.len(), 1, "{flow:?}: {got:?}");
@@ -266,14 +267,14 @@ fn api_serves_health_metrics_and_vips_and_applies_changes_as_new_tables() {
             "/v1/vips/198.51.100.99/backends/10.61.0.25",
             "{}",
             404,
-            None,
+            Some("vip"),
         ),
         (
             "DELETE",
             "/v1/vips/default/backends/10.61.0.99",
             "",
             404,
-            None,
+            Some("addr"),
         ),
     ] {
         let (status, text) = http(ns, method, path, Some(body));
@@ -301,7 +302,8 @@ fn api_serves_health_metrics_and_vips_and_applies_changes_as_new_tables() {
 }
 
 #[test]
-fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a_removed_one() {
+fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a_down_or_removed_one()
+ {
     if netns::skip_unless_root("tracked_flows_stay_put") {
         return;
     }
@@ -310,7 +312,7 @@ fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a
     let two = format!("{};{}", BACKENDS[0], BACKENDS[1]);
     let node = world.start(0, &[("RR_TARGET_IPS", &two)]);
     let ns = &world.lbs[0];
-    let _ = placement(&world, &flows(20)); // next hops warm
+    let _ = send_and_collect(&world, 0, &flows(20), 1); // next hops warm
 
     let old = flows_from(1000, 300);
     let before = placement(&world, &old);
@@ -357,8 +359,34 @@ fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a
         "a new flow went to the draining backend"
     );
 
-    // Remove the first: exactly its flows move, to what Maglev says
-    // without it (the drained one takes none).
+    // Take the second down: exactly its flows move, to what Maglev says
+    // over the other two.
+    let (status, _) = http(
+        ns,
+        "PUT",
+        &format!("/v1/vips/default/backends/{}", BACKENDS[1]),
+        Some(r#"{"state":"down"}"#),
+    );
+    assert_eq!(status, 200);
+    let after_down = placement(&world, &old);
+    let mut moved_down = 0;
+    for (flow, b) in &before {
+        let now = after_down[flow];
+        if *b == 1 {
+            moved_down += 1;
+            assert_eq!(
+                BACKENDS[now],
+                maglev_pick(*flow, &[BACKENDS[0], BACKENDS[2]]),
+                "{flow:?}"
+            );
+        } else {
+            assert_eq!(now, *b, "{flow:?} was not on the down backend but moved");
+        }
+    }
+    assert!(moved_down > 100, "{moved_down}");
+
+    // Remove the first: exactly the flows now on it move, to the third,
+    // the only one left up.
     let (status, _) = http(
         ns,
         "DELETE",
@@ -368,7 +396,7 @@ fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a
     assert_eq!(status, 200);
     let after_remove = placement(&world, &old);
     let mut moved = 0;
-    for (flow, b) in &before {
+    for (flow, b) in &after_down {
         let now = after_remove[flow];
         if *b == 0 {
             moved += 1;
@@ -379,12 +407,12 @@ fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a
     }
     assert!(moved > 100, "{moved}");
     let (_, text) = http(ns, "GET", "/metrics", None);
-    // Three re-sends of the old flows hit, except the moved ones' last;
-    // misses are the first sight of 20 + 4 × 300 flows, and the moved.
+    // Four re-sends of the old flows hit, except each move's; misses are
+    // the first sight of 20 + 4 × 300 flows, and the moved.
     let hits = metric(&text, "rr_flow_table_hits_total");
     let misses = metric(&text, "rr_flow_table_misses_total");
-    assert_eq!(hits, Some((900 - moved) as f64), "{text}");
-    assert_eq!(misses, Some((920 + moved) as f64), "{text}");
+    assert_eq!(hits, Some((1200 - moved_down - moved) as f64), "{text}");
+    assert_eq!(misses, Some((920 + moved_down + moved) as f64), "{text}");
     stop_cleanly(node);
 }
 
@@ -419,12 +447,17 @@ fn failing_health_checks_take_a_backend_out_within_fall_intervals_and_passing_on
     for addr in BACKENDS {
         assert_eq!(backend_state(ns, addr)["health"], "healthy", "{addr}");
     }
-    // The death falls anywhere in an interval; then the control tick
-    // and this poll, on two shared cores.
-    let slack = interval + Duration::from_millis(300);
+    // The death falls anywhere in an interval: `fall` failures take
+    // between (fall - 1) and fall intervals, plus the control tick (50 ms)
+    // and this poll (20 ms), on two shared cores.
+    let slack = Duration::from_millis(250);
 
     services[1] = None;
     let out = wait_for_health(ns, BACKENDS[1], "unhealthy", interval * fall + slack);
+    assert!(
+        out >= interval * (fall - 1),
+        "out after {out:?}: fewer than {fall} checks"
+    );
     eprintln!(
         "dead backend out after {} ms (interval × fall = {} ms)",
         out.as_millis(),
@@ -446,6 +479,10 @@ fn failing_health_checks_take_a_backend_out_within_fall_intervals_and_passing_on
 
     services[1] = Some(Service::start(&world.backends[1], BACKENDS[1], 8080));
     let back = wait_for_health(ns, BACKENDS[1], "healthy", interval * rise + slack);
+    assert!(
+        back >= interval * (rise - 1),
+        "back after {back:?}: fewer than {rise} checks"
+    );
     eprintln!(
         "backend back after {} ms (interval × rise = {} ms)",
         back.as_millis(),
@@ -475,14 +512,14 @@ fn icmp_unreachable_from_a_backend_marks_it_down_at_once_until_active_checks_pas
         .zip(BACKENDS)
         .map(|(ns, addr)| Service::start(ns, addr, 8080))
         .collect();
-    // Active checks alone would need 5 s to take it out.
+    // Active checks alone would need 5 s to take it out (and it passes them).
     let node = world.start(
         0,
         &[
             ("RR_HEALTH_PORT", "8080"),
-            ("RR_HEALTH_INTERVAL", "1"),
-            ("RR_HEALTH_RISE", "2"),
-            ("RR_HEALTH_FALL", "5"),
+            ("RR_HEALTH_INTERVAL", "0.5"),
+            ("RR_HEALTH_RISE", "3"),
+            ("RR_HEALTH_FALL", "10"),
         ],
     );
     let ns = &world.lbs[0];
@@ -517,12 +554,22 @@ fn icmp_unreachable_from_a_backend_marks_it_down_at_once_until_active_checks_pas
         b["reason"].as_str().is_some_and(|r| r.contains("ICMP")),
         "{b}"
     );
-    // It answers TCP, so rise passing checks bring it back.
-    wait_for_health(
+    // It answers TCP, so rise (3) passing checks, 0.5 s apart, bring it
+    // back: not before the third (a report queued before the ICMP may
+    // count as the first).
+    let back = wait_for_health(
         ns,
         BACKENDS[1],
         "healthy",
-        Duration::from_secs(2) + Duration::from_millis(1200),
+        Duration::from_millis(1500 + 250),
+    );
+    assert!(
+        back >= Duration::from_millis(900),
+        "back after {back:?}: before 3 checks"
+    );
+    eprintln!(
+        "back after {} ms (interval × rise = 1500 ms)",
+        back.as_millis()
     );
     stop_cleanly(node);
 }
@@ -536,7 +583,7 @@ fn a_put_reaches_the_workers_at_once_measured_to_the_first_frame_forwarded_with_
     let world = World::new("sw", 1);
     let node = world.start(0, &[]);
     let ns = &world.lbs[0];
-    let _ = placement(&world, &flows(20));
+    let _ = send_and_collect(&world, 0, &flows(20), 1);
     // Flows on backend 1 that Maglev moves to backend 0 once 1 is down.
     let moving: Vec<Flow> = flows_from(10_000, 3000)
         .into_iter()

@@ -558,8 +558,16 @@ async fn serve(
             )),
         }
     };
+    // Never blocks (it reads counters), so it never queues behind changes.
+    let healthz = method == "GET" && url.split('?').next() == Some("/healthz");
     let response = match body {
         Err(response) => response,
+        Ok(body) if healthz => handle(
+            control.as_ref(),
+            &method,
+            &url,
+            body.as_deref().map_err(|_| TooLarge),
+        ),
         Ok(body) => {
             let (m, u) = (method.clone(), url.clone());
             // Off the runtime thread: a change waits for the controller.
@@ -1196,23 +1204,30 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_change_does_not_hold_up_healthz() {
+    fn slow_changes_beyond_the_blocking_pool_do_not_hold_up_healthz() {
         let fake = Arc::new(Fake {
             slow: Some(Duration::from_secs(2)),
             ..Fake::default()
         });
         let server = Server::start("127.0.0.1:0".parse().unwrap(), fake).unwrap();
         let addr = server.local_addr();
-        let put = std::thread::spawn(move || {
-            exchange(
-                addr,
-                "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
-                 Content-Length: 2\r\nConnection: close\r\n\r\n{}",
-            )
-        });
+        // More slow changes than the blocking pool has threads.
+        let puts: Vec<_> = (0..6)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    exchange(
+                        addr,
+                        "PUT /v1/vips/default/backends/10.1.0.1 HTTP/1.1\r\nHost: x\r\n\
+                         Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    )
+                })
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(200));
         healthz_answers_at_once(addr);
-        assert_eq!(put.join().unwrap().0, 200);
+        for put in puts {
+            assert_eq!(put.join().unwrap().0, 200);
+        }
     }
 
     #[test]
@@ -1245,7 +1260,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_never_finishes_its_body_does_not_hold_up_others() {
+    fn a_client_that_never_finishes_its_body_holds_up_nobody_and_gets_408() {
         let server =
             Server::start("127.0.0.1:0".parse().unwrap(), Arc::new(Fake::default())).unwrap();
         let addr = server.local_addr();
@@ -1255,7 +1270,17 @@ mod tests {
         )
         .unwrap();
         healthz_answers_at_once(addr);
-        drop(slow);
+        // The slow one gets 408 once its body is overdue.
+        slow.set_read_timeout(Some(READ_TIMEOUT + Duration::from_secs(2)))
+            .unwrap();
+        let mut reply = String::new();
+        let _ = slow.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert_eq!(
+            serde_json::from_str::<Value>(body).unwrap()["field"],
+            "body"
+        );
     }
 
     #[test]

@@ -422,6 +422,9 @@ impl api::Control for Controller {
     }
 
     fn healthz(&self) -> Result<(), String> {
+        // Here too, not only in `tick`: a tick can wait behind a long
+        // change, and workers must not look stalled meanwhile.
+        self.watch_workers();
         let now = Instant::now();
         let live = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
         let stalled: Vec<String> = live
@@ -607,6 +610,25 @@ mod tests {
         assert_eq!(c.healthz(), Ok(()));
         c.shared.stop.store(true, Relaxed);
         assert_eq!(c.healthz(), Err("stopping".to_string()));
+    }
+
+    #[test]
+    fn healthz_stays_ok_while_a_long_change_holds_the_state() {
+        let c = controller(1);
+        std::thread::scope(|s| {
+            let held = c.lock();
+            s.spawn(|| {
+                // Workers keep polling while the state is locked.
+                let end = Instant::now() + STALL + Duration::from_millis(300);
+                while Instant::now() < end {
+                    c.stats[0].publish(&crate::dataplane::Counters::default(), Default::default());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                assert_eq!(c.healthz(), Ok(()));
+            });
+            std::thread::sleep(STALL + Duration::from_millis(400));
+            drop(held);
+        });
     }
 
     #[test]

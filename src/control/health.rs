@@ -499,7 +499,10 @@ pub fn unreachable_v4(packet: &[u8], ours: &[Ipv4Addr]) -> Option<IpAddr> {
 /// of `ours`, the quoted destination: the backend.
 pub fn unreachable_v6(message: &[u8], ours: &[Ipv6Addr]) -> Option<IpAddr> {
     let message = icmp::Packet::new_checked(message).ok()?;
-    if message.msg_type() != icmp::v6::DEST_UNREACHABLE {
+    // A host without GRE answers "unrecognised next header" (parameter
+    // problem, code 1) rather than unreachable.
+    let no_gre = message.msg_type() == icmp::v6::PARAMETER_PROBLEM && message.code() == 1;
+    if message.msg_type() != icmp::v6::DEST_UNREACHABLE && !no_gre {
         return None;
     }
     let quoted = ipv6::Packet::new_quoted(message.payload()).ok()?;
@@ -587,6 +590,8 @@ fn read_socket(
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return,
             Err(e) => {
                 log::warn!("health: raw ICMP socket: {e}");
+                // Not in a tight loop if it keeps failing.
+                std::thread::sleep(PASSIVE_WAIT);
                 return;
             }
         }
@@ -1121,6 +1126,24 @@ mod tests {
     fn v6_unreachable_about_our_gre_names_the_backend() {
         let m = icmp_v6(v6_unreachable(), &quote_v6(OURS6, BACKEND6, 47));
         assert_eq!(unreachable_v6(&m, &[OURS6]), Some(IpAddr::V6(BACKEND6)));
+    }
+
+    #[test]
+    fn v6_unrecognised_next_header_about_our_gre_names_the_backend() {
+        let quote = quote_v6(OURS6, BACKEND6, 47);
+        let no_gre = Icmpv6Type::ParameterProblem(icmpv6::ParameterProblemHeader {
+            code: icmpv6::ParameterProblemCode::UnrecognizedNextHeader,
+            pointer: 6,
+        });
+        assert_eq!(
+            unreachable_v6(&icmp_v6(no_gre, &quote), &[OURS6]),
+            Some(IpAddr::V6(BACKEND6))
+        );
+        let bad_header = Icmpv6Type::ParameterProblem(icmpv6::ParameterProblemHeader {
+            code: icmpv6::ParameterProblemCode::ErroneousHeaderField,
+            pointer: 6,
+        });
+        assert_eq!(unreachable_v6(&icmp_v6(bad_header, &quote), &[OURS6]), None);
     }
 
     #[test]

@@ -288,10 +288,11 @@ mod tests {
         assert_eq!(Table::new(1 << 20, 1).capacity(), 1 << 20);
     }
 
-    /// Two workers see the same flows in any order: each flow ends up on
-    /// one backend, and whichever worker asks later finds it.
+    /// Two workers track the same flows at once, in opposite orders (as
+    /// each would pick the same backend from the same table): no flow's
+    /// entry is lost, and each holds that backend.
     #[test]
-    fn workers_sharing_the_table_agree_on_every_flow() {
+    fn two_workers_racing_to_track_the_same_flows_lose_none() {
         let t = Arc::new(Table::new(1 << 18, 60));
         let flows = 20_000u64;
         let workers: Vec<_> = (0..2)

@@ -760,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn untracked_services_and_tracking_off_never_touch_the_flow_table() {
+    fn untracked_services_never_touch_the_flow_table() {
         let w = world(&["10.1.0.1"]);
         let flows = conntrack::Table::new(64, 60);
         let mut c = ctx(&w);
@@ -781,8 +781,13 @@ mod tests {
         fn mutated_frames_never_panic_and_only_forwards_change_bytes(
             edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
             cut in 0usize..100,
+            track in any::<bool>(),
         ) {
-            let w = world(&["10.1.0.1", "10.1.0.2"]);
+            let mut w = world(&["10.1.0.1", "10.1.0.2"]);
+            let flows = conntrack::Table::new(64, 60);
+            if track {
+                w.tables = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1)]);
+            }
             let mut input = gre_frame(64);
             for (at, v) in edits {
                 if let Some(b) = input.get_mut(at) {
@@ -791,7 +796,9 @@ mod tests {
             }
             input.truncate(cut.max(1));
             let mut f = input.clone();
-            let out = process(&mut f, &ctx(&w));
+            let mut c = ctx(&w);
+            c.flows = track.then_some(&flows);
+            let out = process(&mut f, &c);
             if out.verdict == Verdict::Forward {
                 prop_assert_eq!(&f[34..], &input[34..]);
                 let ip = ipv4::Packet::new_checked(&f[14..]).unwrap();
