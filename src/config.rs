@@ -1743,29 +1743,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_control_settings_name_the_variable() {
-        for (var, value) in [
-            ("RR_API", "localhost"),
-            ("RR_API", "127.0.0.1"),
-            ("RR_FLOW_TABLE_SIZE", "268435457"),
-            ("RR_FLOW_TABLE_SIZE", "-1"),
-            ("RR_FLOW_TIMEOUT", "0"),
-            ("RR_HEALTH_PORT", "0"),
-            ("RR_HEALTH_PORT", "70000"),
-            ("RR_HEALTH_PATH", "ready"),
-            ("RR_HEALTH_INTERVAL", "0.01"),
-            ("RR_HEALTH_TIMEOUT", "5"),
-            ("RR_HEALTH_RISE", "0"),
-            ("RR_HEALTH_FALL", "101"),
-        ] {
-            let mut vars = vec![("RR_TARGET_IPS", "10.1.0.1"), (var, value)];
-            if var != "RR_HEALTH_PORT" {
-                vars.push(("RR_HEALTH_PORT", "80"));
-            }
-            let err = with_device(&vars).unwrap_err();
-            let msg = err.to_string();
-            assert!(msg.starts_with(&format!("{var}=")), "{var}={value}: {msg}");
-        }
+    fn health_settings_without_a_health_port_are_an_error() {
         let err = with_device(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_HEALTH_RISE", "2")])
             .unwrap_err()
             .to_string();
@@ -1857,14 +1835,27 @@ mod tests {
             ("RR_STATS_INTERVAL", "1e3"),
             ("RR_STATS_INTERVAL", "."),
             ("RR_STATS_INTERVAL", "86401"),
+            ("RR_API", "localhost"),
+            ("RR_API", "127.0.0.1"),
+            ("RR_FLOW_TABLE_SIZE", "268435457"),
+            ("RR_FLOW_TABLE_SIZE", "-1"),
+            ("RR_FLOW_TIMEOUT", "0"),
+            ("RR_HEALTH_PORT", "0"),
+            ("RR_HEALTH_PORT", "70000"),
+            ("RR_HEALTH_PATH", "ready"),
+            ("RR_HEALTH_INTERVAL", "0.01"),
+            ("RR_HEALTH_TIMEOUT", "5"),
+            ("RR_HEALTH_RISE", "0"),
+            ("RR_HEALTH_FALL", "101"),
         ] {
-            let err = parse(&[
-                ("RR_DEVICE", "eth0"),
-                ("RR_TARGET_IPS", "10.0.0.1"),
-                (var, bad),
-            ])
-            .unwrap_err();
+            let mut vars = vec![("RR_TARGET_IPS", "10.0.0.1"), (var, bad)];
+            // The other RR_HEALTH_* settings need checks turned on.
+            if var != "RR_HEALTH_PORT" {
+                vars.push(("RR_HEALTH_PORT", "80"));
+            }
+            let err = with_device(&vars).unwrap_err();
             assert_message(&err, var, bad);
+            assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
         }
     }
 

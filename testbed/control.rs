@@ -166,11 +166,9 @@ fn flows_from(first: usize, n: usize) -> Vec<Flow> {
 
 #[test]
 fn api_serves_health_metrics_and_vips_and_applies_changes_as_new_tables() {
-    if netns::skip_unless_root("api_serves_health_metrics_and_vips") {
+    let Some((_serial, world)) = world_for("api_serves_health_metrics_and_vips", "api", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("api", 1);
+    };
     let node = world.start(0, &[]);
     let ns = &world.lbs[0];
 
@@ -304,11 +302,9 @@ fn api_serves_health_metrics_and_vips_and_applies_changes_as_new_tables() {
 #[test]
 fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a_down_or_removed_one()
  {
-    if netns::skip_unless_root("tracked_flows_stay_put") {
+    let Some((_serial, world)) = world_for("tracked_flows_stay_put", "ct", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("ct", 1);
+    };
     let two = format!("{};{}", BACKENDS[0], BACKENDS[1]);
     let node = world.start(0, &[("RR_TARGET_IPS", &two)]);
     let ns = &world.lbs[0];
@@ -418,11 +414,10 @@ fn tracked_flows_stay_put_when_backends_are_added_or_drained_and_move_only_off_a
 
 #[test]
 fn failing_health_checks_take_a_backend_out_within_fall_intervals_and_passing_ones_bring_it_back() {
-    if netns::skip_unless_root("failing_health_checks_take_a_backend_out") {
+    let Some((_serial, world)) = world_for("failing_health_checks_take_a_backend_out", "hc", 1)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("hc", 1);
+    };
     let _sinks: Vec<_> = world.backends.iter().map(gre_sink).collect();
     let mut services: Vec<Option<Service>> = world
         .backends
@@ -498,11 +493,9 @@ fn failing_health_checks_take_a_backend_out_within_fall_intervals_and_passing_on
 
 #[test]
 fn icmp_unreachable_from_a_backend_marks_it_down_at_once_until_active_checks_pass() {
-    if netns::skip_unless_root("icmp_unreachable_from_a_backend") {
+    let Some((_serial, world)) = world_for("icmp_unreachable_from_a_backend", "pc", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("pc", 1);
+    };
     // Backends 0 and 2 take GRE; backend 1's kernel answers it with ICMP
     // protocol unreachable.
     let _sinks = [gre_sink(&world.backends[0]), gre_sink(&world.backends[2])];
@@ -576,11 +569,9 @@ fn icmp_unreachable_from_a_backend_marks_it_down_at_once_until_active_checks_pas
 
 #[test]
 fn a_put_reaches_the_workers_at_once_measured_to_the_first_frame_forwarded_with_the_new_table() {
-    if netns::skip_unless_root("a_put_reaches_the_workers_at_once") {
+    let Some((_serial, world)) = world_for("a_put_reaches_the_workers_at_once", "sw", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("sw", 1);
+    };
     let node = world.start(0, &[]);
     let ns = &world.lbs[0];
     let _ = send_and_collect(&world, 0, &flows(20), 1);

@@ -22,11 +22,9 @@ use world::*;
 
 #[test]
 fn gre_frames_reach_the_maglev_backend_with_rewritten_outer_headers_and_stay_there() {
-    if netns::skip_unless_root("gre_frames_reach_the_maglev_backend") {
+    let Some((_serial, world)) = world_for("gre_frames_reach_the_maglev_backend", "fw", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("fw", 1);
+    };
     let node = world.start(0, &[]);
     // The first frames to each backend may wait for ARP: warm up.
     let _ = send_and_collect(&world, 0, &flows(30), 1);
@@ -55,11 +53,9 @@ fn gre_frames_reach_the_maglev_backend_with_rewritten_outer_headers_and_stay_the
 
 #[test]
 fn two_nodes_with_the_same_configuration_pick_the_same_backend_for_every_flow() {
-    if netns::skip_unless_root("two_nodes_pick_the_same_backend") {
+    let Some((_serial, world)) = world_for("two_nodes_pick_the_same_backend", "two", 2) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("two", 2);
+    };
     let a = world.start(0, &[]);
     let b = world.start(1, &[("RR_XDP_MODE", "generic")]);
     let _ = send_and_collect(&world, 0, &flows(30), 1);
@@ -104,11 +100,9 @@ fn is_echo_reply(frame: &[u8]) -> bool {
 
 #[test]
 fn host_tcp_and_ping_keep_working_while_the_node_forwards() {
-    if netns::skip_unless_root("host_tcp_and_ping_keep_working") {
+    let Some((_serial, world)) = world_for("host_tcp_and_ping_keep_working", "host", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("host", 1);
+    };
     let node = world.start(0, &[]);
     let _ = send_and_collect(&world, 0, &flows(30), 1);
     let tx_before = wait_for_stats(&node, |s| s["tx"].as_u64() >= Some(30))["tx"]
@@ -170,11 +164,10 @@ fn host_tcp_and_ping_keep_working_while_the_node_forwards() {
 
 #[test]
 fn malformed_frames_are_dropped_and_counted_and_forwarding_carries_on() {
-    if netns::skip_unless_root("malformed_frames_are_dropped_and_counted") {
+    let Some((_serial, world)) = world_for("malformed_frames_are_dropped_and_counted", "bad", 1)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("bad", 1);
+    };
     let node = world.start(0, &[]);
     let _ = send_and_collect(&world, 0, &flows(30), 1);
 
@@ -233,11 +226,9 @@ fn xdp_object(name: &str, source: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
-    if netns::skip_unless_root("stop_leaves_the_device_clean") {
+    let Some((_serial, world)) = world_for("stop_leaves_the_device_clean", "stop", 1) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("stop", 1);
+    };
     let before = world.links(0);
 
     // SIGTERM and SIGINT: exit 0, no XDP program, no TAP device.
@@ -341,11 +332,10 @@ fn cpu_share(pid: u32, span: Duration) -> f64 {
 
 #[test]
 fn idle_adaptive_node_uses_almost_no_cpu_and_keeps_the_first_frame_after_idling() {
-    if netns::skip_unless_root("idle_adaptive_node_uses_almost_no_cpu") {
+    let Some((_serial, world)) = world_for("idle_adaptive_node_uses_almost_no_cpu", "idle", 1)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("idle", 1);
+    };
     let node = world.start(0, &[("RR_STATS_INTERVAL", "0")]);
     let _ = send_and_collect(&world, 0, &flows(10), 1);
     std::thread::sleep(Duration::from_millis(500));
@@ -392,11 +382,13 @@ fn is_protocol_unreachable(frame: &[u8]) -> bool {
 
 #[test]
 fn steered_frames_the_pipeline_declines_reach_the_host_stack() {
-    if netns::skip_unless_root("steered_frames_the_pipeline_declines_reach_the_host") {
+    let Some((_serial, world)) = world_for(
+        "steered_frames_the_pipeline_declines_reach_the_host",
+        "th",
+        1,
+    ) else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("th", 1);
+    };
     let node = world.start(0, &[]);
     // GRE version 1 (PPTP) to the node: steered by XDP (GRE to a local
     // address), declined by the pipeline, handed to the host through the
@@ -420,11 +412,10 @@ fn steered_frames_the_pipeline_declines_reach_the_host_stack() {
 
 #[test]
 fn unresolved_next_hops_are_counted_probed_and_forwarding_resumes_once_they_answer() {
-    if netns::skip_unless_root("unresolved_next_hops_are_counted_probed") {
+    let Some((_serial, world)) = world_for("unresolved_next_hops_are_counted_probed", "nh", 1)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("nh", 1);
+    };
     let node = world.start(0, &[]);
     let _ = send_and_collect(&world, 0, &flows(30), 1);
 
@@ -468,11 +459,10 @@ fn unresolved_next_hops_are_counted_probed_and_forwarding_resumes_once_they_answ
 
 #[test]
 fn every_rx_queue_gets_a_socket_and_a_worker() {
-    if netns::skip_unless_root("every_rx_queue_gets_a_socket_and_a_worker") {
+    let Some((_serial, world)) = world_for("every_rx_queue_gets_a_socket_and_a_worker", "mq", 1)
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let world = World::new("mq", 1);
+    };
     // Both ends get two queues, so the switch side spreads flows over
     // the node's two RX queues by hash.
     let out = world.lbs[0].exec(&["ethtool", "-L", "l0", "rx", "2", "tx", "2"]);

@@ -66,8 +66,6 @@ struct State {
     /// Active checks; None when `RR_HEALTH_PORT` is unset.
     monitor: Option<Monitor>,
     trackers: BTreeMap<IpAddr, Tracker>,
-    /// The last failure of each unhealthy backend, for /v1/vips.
-    reasons: BTreeMap<IpAddr, String>,
     /// Per tracking id, the packets counted before its current backend
     /// got it (ids are reused), subtracted in /metrics.
     baselines: BTreeMap<u16, u64>,
@@ -112,7 +110,8 @@ pub fn resolve(
 }
 
 impl Node {
-    fn snapshot(&self, tables: &Arc<Tables>, resolution: &Resolution) -> Snapshot {
+    /// What the workers read: the tables, the next hops, and this node.
+    pub fn snapshot(&self, tables: &Arc<Tables>, resolution: &Resolution) -> Snapshot {
         Snapshot {
             tables: Arc::clone(tables),
             neighbours: resolution.view(),
@@ -123,11 +122,6 @@ impl Node {
             hasher: self.hasher.clone(),
         }
     }
-}
-
-/// The first snapshot, and the resolution it was built from.
-pub fn first_snapshot(node: &Node, tables: &Arc<Tables>, resolution: &Resolution) -> Snapshot {
-    node.snapshot(tables, resolution)
 }
 
 impl Controller {
@@ -170,7 +164,6 @@ impl Controller {
                 last_refresh: now,
                 monitor,
                 trackers,
-                reasons: BTreeMap::new(),
                 baselines: BTreeMap::new(),
             }),
             liveness: Mutex::new(liveness),
@@ -229,7 +222,6 @@ impl Controller {
                         .entry(*a)
                         .or_insert_with(|| Tracker::new(h.rise, h.fall));
                 }
-                s.reasons.retain(|a, _| s.addresses.contains(a));
             }
         }
         self.publish(s);
@@ -271,35 +263,27 @@ impl Controller {
         let mut flipped = false;
         let reports = s.monitor.as_ref().map(Monitor::drain).unwrap_or_default();
         for r in reports {
-            let s = &mut *s;
             let Some(t) = s.trackers.get_mut(&r.addr) else {
                 continue;
             };
-            if let Err(reason) = &r.result {
-                s.reasons.insert(r.addr, reason.clone());
-            }
-            if let Some(healthy) = t.record(r.result.is_ok()) {
+            if let Some(healthy) = t.record_result(&r.result) {
                 flipped = true;
                 if healthy {
-                    s.reasons.remove(&r.addr);
                     log::info!("backend {} is healthy again", r.addr);
                 } else {
                     log::warn!(
                         "backend {} failed its health checks ({}); it leaves the tables",
                         r.addr,
-                        s.reasons.get(&r.addr).map_or("", String::as_str)
+                        t.reason().unwrap_or_default()
                     );
                 }
             }
         }
         for addr in unreachable {
-            let s = &mut *s;
             if let Some(t) = s.trackers.get_mut(addr)
                 && t.mark_down() == Some(false)
             {
                 flipped = true;
-                s.reasons
-                    .insert(*addr, "ICMP destination unreachable".to_string());
                 log::warn!(
                     "backend {addr} answered our GRE with ICMP destination unreachable; \
                      down until it passes its health checks"
@@ -352,7 +336,8 @@ impl Controller {
     }
 
     fn backend_json(&self, s: &State, addr: IpAddr, e: &Entry) -> serde_json::Value {
-        let health = match s.trackers.get(&addr) {
+        let tracker = s.trackers.get(&addr);
+        let health = match tracker {
             None => "unchecked",
             Some(t) if t.healthy() => "healthy",
             Some(_) => "unhealthy",
@@ -363,10 +348,9 @@ impl Controller {
             "state": e.state.name(),
             "health": health,
         });
-        if let (Some(reason), Some(obj)) = (s.reasons.get(&addr), v.as_object_mut())
-            && health == "unhealthy"
-        {
-            obj.insert("reason".to_string(), reason.clone().into());
+        let reason = tracker.filter(|t| !t.healthy()).and_then(Tracker::reason);
+        if let (Some(reason), Some(obj)) = (reason, v.as_object_mut()) {
+            obj.insert("reason".to_string(), reason.into());
         }
         v
     }
@@ -536,10 +520,7 @@ mod tests {
             elsewhere: Vec::new(),
         };
         let tables = Arc::new(tables);
-        let shared = Arc::new(Shared::new(
-            first_snapshot(&node, &tables, &resolution),
-            None,
-        ));
+        let shared = Arc::new(Shared::new(node.snapshot(&tables, &resolution), None));
         let stats = Arc::new((0..workers).map(|_| Stats::default()).collect());
         // Index 1 is loopback: resolving reads the kernel's tables only.
         Controller::new(

@@ -206,10 +206,7 @@ pub fn run(
             config.forwarder.flow_timeout
         );
     }
-    let shared = Arc::new(Shared::new(
-        controller::first_snapshot(&node, &tables, &resolution),
-        flows,
-    ));
+    let shared = Arc::new(Shared::new(node.snapshot(&tables, &resolution), flows));
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
     let control = Arc::new(Controller::new(
         node,

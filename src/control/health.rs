@@ -282,10 +282,6 @@ impl Monitor {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Starts a checker thread ("rr-health") for each new address and stops
     /// those no longer listed. Each probes at once (after under 100 ms of
     /// jitter), then every interval. Never waits: a removed checker ends
@@ -353,18 +349,6 @@ impl Monitor {
     pub fn try_recv(&self) -> Option<Report> {
         loop {
             let report = self.receiver.try_recv().ok()?;
-            if self.current(&report) {
-                return Some(report);
-            }
-        }
-    }
-
-    /// Like `try_recv`, waiting up to `timeout` for one.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Report> {
-        let deadline = later(timeout);
-        loop {
-            let left = remaining(deadline).ok()?;
-            let report = self.receiver.recv_timeout(left).ok()?;
             if self.current(&report) {
                 return Some(report);
             }
@@ -873,7 +857,8 @@ mod tests {
         let deadline = Instant::now() + within;
         let mut all = Vec::new();
         while !done(&all) && Instant::now() < deadline {
-            all.extend(monitor.recv_timeout(Duration::from_millis(20)));
+            all.extend(monitor.drain());
+            thread::sleep(Duration::from_millis(20));
         }
         all
     }

@@ -477,15 +477,21 @@ mod tests {
         neighbours: neighbours::Static,
     }
 
+    /// Backends from (address, weight) pairs.
+    fn set(backends: &[(&str, u32)]) -> Vec<Backend> {
+        backends
+            .iter()
+            .map(|(a, w)| Backend {
+                addr: a.parse().unwrap(),
+                weight: *w,
+            })
+            .collect()
+    }
+
     fn world(backends: &[&str]) -> World {
         let key = [1; 16];
-        let set: Vec<Backend> = backends
-            .iter()
-            .map(|a| Backend {
-                addr: a.parse().unwrap(),
-                weight: 1,
-            })
-            .collect();
+        let weighted: Vec<(&str, u32)> = backends.iter().map(|a| (*a, 1)).collect();
+        let set = set(&weighted);
         let entries = set.iter().map(|b| (b.addr, BACKEND_MAC)).collect();
         World {
             hasher: flow::Hasher::new(&key),
@@ -634,13 +640,7 @@ mod tests {
 
     /// The default set with tracking ids: a backend's id is its last octet.
     fn tracked(backends: &[(&str, u32)]) -> Tables {
-        let set: Vec<Backend> = backends
-            .iter()
-            .map(|(a, w)| Backend {
-                addr: a.parse().unwrap(),
-                weight: *w,
-            })
-            .collect();
+        let set = set(backends);
         let id = |a: IpAddr| match a {
             IpAddr::V4(v4) => Some(u16::from(v4.octets()[3])),
             IpAddr::V6(_) => None,

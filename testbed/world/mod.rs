@@ -3,14 +3,14 @@
 //! frames built and checked with etherparse, an independent packet library.
 #![allow(dead_code)]
 
-use crate::netns::{ChildGuard, Lan, Netns, RawPort};
+use crate::netns::{self, ChildGuard, Lan, Netns, RawPort};
 use etherparse::{IpNumber, PacketBuilder, SlicedPacket};
 use nix::sys::signal::Signal;
 use rusty_rail::dataplane::flow::Hasher;
 use rusty_rail::maglev::{Backend, Table};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -100,6 +100,17 @@ impl World {
         let out = self.lbs[i].exec(&["ip", "-o", "link", "show"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A test's world, built while holding [`SERIAL`] (the tests share two
+/// cores): None, with the reason printed, when not root (outside CI).
+/// Bind as `(_serial, world)` so the world goes before the lock.
+pub fn world_for(test: &str, tag: &str, lbs: usize) -> Option<(MutexGuard<'static, ()>, World)> {
+    if netns::skip_unless_root(test) {
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    Some((serial, World::new(tag, lbs)))
 }
 
 /// SIGTERM: the node must drain and exit 0.
