@@ -1,6 +1,7 @@
 //! Control-side code: builds what the data path reads. May allocate, log
 //! and return typed errors; never runs on a worker thread.
 
+pub mod announce;
 pub mod api;
 pub mod controller;
 pub mod forwarder;
