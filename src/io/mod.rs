@@ -3,6 +3,7 @@
 
 pub mod afpacket;
 pub mod bpf;
+pub mod packet;
 pub mod tap;
 pub mod xdp;
 pub mod xsk;
