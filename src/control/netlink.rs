@@ -1,5 +1,6 @@
 //! Synchronous rtnetlink queries for the control side: device facts, XDP
-//! detach, the neighbour table and next hops.
+//! detach, the neighbour table, next hops, and adding and removing the
+//! addresses we announce.
 //!
 //! Every call opens its own `NETLINK_ROUTE` socket, so it sees the network
 //! namespace of the calling thread. Replies are decoded attribute by
@@ -10,13 +11,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, ErrorBuffer, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator,
-    Parseable, ParseableParametrized,
+    DecodeError, DefaultNla, ErrorBuffer, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer,
+    NlasIterator, Parseable, ParseableParametrized,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressHeader, AddressMessage, AddressMessageBuffer,
+    AddressAttribute, AddressFlags, AddressHeader, AddressHeaderFlags, AddressMessage,
+    AddressMessageBuffer,
 };
 use netlink_packet_route::link::{
     LinkAttribute, LinkExtentMask, LinkHeader, LinkMessage, LinkMessageBuffer, LinkXdp, XdpAttached,
@@ -130,6 +132,7 @@ const IFLA_XDP: u16 = 43;
 const IFLA_ALT_IFNAME: u16 = 53;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const RTA_OIF: u16 = 4;
@@ -262,6 +265,92 @@ pub fn next_hop(dst: IpAddr) -> Result<(IpAddr, u32), Error> {
     found.ok_or_else(|| Error::Protocol(format!("RTM_GETROUTE for {dst}: no route in reply")))
 }
 
+/// Adds `addr/prefix` to the device (RTM_NEWADDR, NLM_F_CREATE |
+/// NLM_F_EXCL). IPv6 addresses skip duplicate address detection
+/// (IFA_F_NODAD), so they are usable at once; IPv4 ones get the subnet's
+/// broadcast address below /31, as `ip addr add` gives them.
+///
+/// An address the device already has is an error with errno EEXIST.
+pub fn add_address(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Error> {
+    let mut msg = address_message(index, addr, prefix);
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg.attributes.push(AddressAttribute::Address(addr));
+    match addr {
+        IpAddr::V4(v4) if prefix < 31 => {
+            let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+            let broadcast = Ipv4Addr::from(u32::from(v4) | host_bits);
+            msg.attributes.push(AddressAttribute::Broadcast(broadcast));
+        }
+        IpAddr::V4(_) => {}
+        IpAddr::V6(_) => {
+            // The header holds the old 8-bit flags; IFA_FLAGS the full set,
+            // which the kernel prefers when present.
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+    }
+    Conn::open()?
+        .request_flags(
+            "RTM_NEWADDR",
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            |_, _| Ok(()),
+        )
+        .map(drop)
+        .map_err(|e| no_such_device(e, || format!("ifindex {index}")))
+}
+
+/// Removes `addr/prefix` from the device (RTM_DELADDR). An address the
+/// device does not have is an error with errno EADDRNOTAVAIL.
+///
+/// Removing an IPv4 primary also removes its secondaries unless the
+/// device's `promote_secondaries` sysctl is set.
+pub fn delete_address(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Error> {
+    let mut msg = address_message(index, addr, prefix);
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg.attributes.push(AddressAttribute::Address(addr));
+    Conn::open()?
+        .request(
+            "RTM_DELADDR",
+            RouteNetlinkMessage::DelAddress(msg),
+            false,
+            |_, _| Ok(()),
+        )
+        .map(drop)
+        .map_err(|e| no_such_device(e, || format!("ifindex {index}")))
+}
+
+/// Every address on the device, both families and link-local included, as
+/// (address, prefix length, secondary) in the kernel's order: for IPv4,
+/// the primaries, then the secondaries.
+pub fn addresses(index: u32) -> Result<Vec<(IpAddr, u8, bool)>, Error> {
+    let mut msg = AddressMessage::default();
+    msg.header.index = index;
+    Conn::open()?.dump(
+        "RTM_GETADDR",
+        RouteNetlinkMessage::GetAddress(msg),
+        |ty, payload| {
+            if ty == RTM_NEWADDR {
+                parse_address_entry(payload, index)
+            } else {
+                Ok(None)
+            }
+        },
+    )
+}
+
+fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg
+}
+
 /// Turns the kernel's ENODEV into `NoSuchDevice`.
 fn no_such_device(e: Error, what: impl FnOnce() -> String) -> Error {
     if e.raw_os_error() == Some(libc::ENODEV) {
@@ -366,8 +455,16 @@ fn parse_xdp(attrs: &[LinkXdp]) -> Result<(Option<XdpAttachment>, Vec<XdpMode>),
     ))
 }
 
-/// One RTM_NEWADDR on `index`, if it is one we report.
+/// One RTM_NEWADDR on `index`, if it is one `device` reports.
 fn parse_address(payload: &[u8], index: u32) -> Result<Option<IpAddr>, Error> {
+    // Secondaries too: GRE to any of the node's addresses is ours.
+    Ok(parse_address_entry(payload, index)?
+        .map(|(ip, _, _)| ip)
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())))
+}
+
+/// One RTM_NEWADDR on `index` as (address, prefix length, secondary).
+fn parse_address_entry(payload: &[u8], index: u32) -> Result<Option<(IpAddr, u8, bool)>, Error> {
     let buf = AddressMessageBuffer::new_checked(payload).map_err(malformed("RTM_NEWADDR"))?;
     let header = AddressHeader::parse(&buf).map_err(malformed("RTM_NEWADDR header"))?;
     if header.index != index || !matches!(header.family, AddressFamily::Inet | AddressFamily::Inet6)
@@ -375,24 +472,25 @@ fn parse_address(payload: &[u8], index: u32) -> Result<Option<IpAddr>, Error> {
         return Ok(None);
     }
     let (mut local, mut address) = (None, None);
+    let mut secondary = header.flags.contains(AddressHeaderFlags::Secondary);
     for nla in buf.attributes() {
         let nla = nla.map_err(malformed("RTM_NEWADDR attributes"))?;
-        if !matches!(nla.kind(), IFA_ADDRESS | IFA_LOCAL) {
+        if !matches!(nla.kind(), IFA_ADDRESS | IFA_LOCAL | IFA_FLAGS) {
             continue;
         }
         match AddressAttribute::parse(&nla).map_err(malformed("RTM_NEWADDR attribute"))? {
             AddressAttribute::Local(ip) => local = Some(ip),
             AddressAttribute::Address(ip) => address = Some(ip),
+            AddressAttribute::Flags(flags) => {
+                secondary = flags.contains(AddressFlags::Secondary);
+            }
             _ => {}
         }
     }
     // IFA_LOCAL is ours; IFA_ADDRESS is the peer on point-to-point links.
-    Ok(match local.or(address) {
-        // Secondaries too: GRE to any of the node's addresses is ours.
-        Some(IpAddr::V4(ip)) => Some(IpAddr::V4(ip)),
-        Some(IpAddr::V6(ip)) if !ip.is_unicast_link_local() => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
+    Ok(local
+        .or(address)
+        .map(|ip| (ip, header.prefix_len, secondary)))
 }
 
 /// One RTM_NEWNEIGH on `index`, if usable and with an Ethernet address.
@@ -592,11 +690,24 @@ impl Conn {
         request: &'static str,
         msg: RouteNetlinkMessage,
         dump: bool,
+        each: impl FnMut(u16, &[u8]) -> Result<(), Error>,
+    ) -> Result<bool, Error> {
+        let flags = if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        self.request_flags(request, msg, flags, each)
+    }
+
+    /// `request` with the header flags (besides NLM_F_REQUEST) given:
+    /// NLM_F_DUMP, or NLM_F_ACK with any of NLM_F_CREATE and the like.
+    fn request_flags(
+        &mut self,
+        request: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
         mut each: impl FnMut(u16, &[u8]) -> Result<(), Error>,
     ) -> Result<bool, Error> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         packet.finalize();
@@ -958,6 +1069,121 @@ mod tests {
             let nowhere = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
             assert!(matches!(next_hop(nowhere), Err(Error::NoRoute(ip)) if ip == nowhere));
         });
+    }
+
+    /// A veth pair with unique names in `ns`, both ends up (so IPv6 DAD
+    /// would run); returns the first end's name and index.
+    fn up_veth(ns: &netns::Netns) -> (String, u32) {
+        let (a, b) = (netns::unique_ifname("na"), netns::unique_ifname("nb"));
+        ns.ip(&format!("link add {a} type veth peer name {b}"));
+        ns.ip(&format!("link set {a} up"));
+        ns.ip(&format!("link set {b} up"));
+        let index = ns.run(|| device(&a).unwrap().index);
+        (a, index)
+    }
+
+    /// `ip -j addr show dev <ifname>`'s entry for `local`.
+    fn ip_addr_info(ns: &netns::Netns, ifname: &str, local: &str) -> serde_json::Value {
+        let out = ns.exec(&["ip", "-j", "addr", "show", "dev", ifname]);
+        assert!(out.status.success(), "{out:?}");
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        links[0]["addr_info"]
+            .as_array()
+            .and_then(|infos| infos.iter().find(|i| i["local"] == local))
+            .unwrap_or_else(|| panic!("{local} not on {ifname}: {links}"))
+            .clone()
+    }
+
+    #[test]
+    fn add_and_delete_addresses_with_eexist_and_eaddrnotavail() {
+        let Some(ns) = namespace("add_and_delete_addresses") else {
+            return;
+        };
+        let (ifname, index) = up_veth(&ns);
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1));
+        let v6: IpAddr = "2001:db8:77::1".parse().unwrap();
+        ns.run(|| {
+            add_address(index, v4, 24).unwrap();
+            add_address(index, v6, 64).unwrap();
+            let listed = addresses(index).unwrap();
+            assert!(listed.contains(&(v4, 24, false)), "{listed:?}");
+            assert!(listed.contains(&(v6, 64, false)), "{listed:?}");
+        });
+        // DAD would keep the address tentative for a second or more.
+        let info = ip_addr_info(&ns, &ifname, "2001:db8:77::1");
+        assert_eq!(info["prefixlen"], 64, "{info}");
+        assert_eq!(info.get("tentative"), None, "{info}");
+        assert_eq!(info.get("dadfailed"), None, "{info}");
+        assert_eq!(info["nodad"], true, "{info}");
+        let info = ip_addr_info(&ns, &ifname, "10.77.0.1");
+        assert_eq!(info["broadcast"], "10.77.0.255", "{info}");
+
+        ns.run(|| {
+            for (addr, prefix) in [(v4, 24), (v6, 64)] {
+                let err = add_address(index, addr, prefix).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{addr}: {err}");
+            }
+            for (addr, prefix) in [(v4, 24), (v6, 64)] {
+                delete_address(index, addr, prefix).unwrap();
+                let err = delete_address(index, addr, prefix).unwrap_err();
+                assert_eq!(
+                    err.raw_os_error(),
+                    Some(libc::EADDRNOTAVAIL),
+                    "{addr}: {err}"
+                );
+            }
+            let listed = addresses(index).unwrap();
+            assert!(
+                listed.iter().all(|&(ip, _, _)| ip != v4 && ip != v6),
+                "{listed:?}"
+            );
+            assert!(matches!(
+                add_address(999_999, v4, 24),
+                Err(Error::NoSuchDevice(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn a_second_address_in_a_subnet_is_listed_as_secondary() {
+        let Some(ns) = namespace("a_second_address_in_a_subnet") else {
+            return;
+        };
+        let (ifname, index) = up_veth(&ns);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        ns.run(|| {
+            add_address(index, ip("10.78.0.1"), 24).unwrap();
+            add_address(index, ip("10.79.0.1"), 24).unwrap();
+            add_address(index, ip("10.78.0.2"), 24).unwrap();
+            add_address(index, ip("10.78.0.3"), 32).unwrap();
+            let v4: Vec<_> = addresses(index)
+                .unwrap()
+                .into_iter()
+                .filter(|(a, _, _)| a.is_ipv4())
+                .collect();
+            assert_eq!(
+                v4,
+                [
+                    (ip("10.78.0.1"), 24, false),
+                    (ip("10.79.0.1"), 24, false),
+                    (ip("10.78.0.3"), 32, false),
+                    (ip("10.78.0.2"), 24, true),
+                ],
+                "primaries in the order added, then secondaries"
+            );
+            let link_local = addresses(index).unwrap().into_iter().any(
+                |(a, p, _)| matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local() && p == 64),
+            );
+            assert!(link_local, "link-local addresses are listed too");
+        });
+        let info = ip_addr_info(&ns, &ifname, "10.78.0.2");
+        assert_eq!(info["secondary"], true, "{info}");
+        let info = ip_addr_info(&ns, &ifname, "10.78.0.3");
+        assert_eq!(
+            info.get("broadcast"),
+            None,
+            "no broadcast for a /32: {info}"
+        );
     }
 
     #[test]
