@@ -27,6 +27,13 @@ pub struct Snapshot {
     pub mac: ethernet::Address,
     pub local_v4: Vec<[u8; 4]>,
     pub local_v6: Vec<[u8; 16]>,
+    /// Announced VIPs this node holds.
+    pub vips_v4: Vec<[u8; 4]>,
+    pub vips_v6: Vec<[u8; 16]>,
+    /// The outer source for encapsulating plain IP to a VIP.
+    pub primary_v4: Option<[u8; 4]>,
+    pub primary_v6: Option<[u8; 16]>,
+    pub mtu: u16,
     pub vlan: Option<u16>,
     pub hasher: flow::Hasher,
 }
@@ -43,6 +50,11 @@ impl Snapshot {
             mac: self.mac,
             local_v4: &self.local_v4,
             local_v6: &self.local_v6,
+            vips_v4: &self.vips_v4,
+            vips_v6: &self.vips_v6,
+            primary_v4: self.primary_v4,
+            primary_v6: self.primary_v6,
+            mtu: self.mtu,
             vlan: self.vlan,
             hasher: &self.hasher,
             tables: &self.tables,

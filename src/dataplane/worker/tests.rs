@@ -62,6 +62,11 @@ fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
         mac: ethernet::Address(NODE_MAC),
         local_v4: vec![NODE],
         local_v6: Vec::new(),
+        vips_v4: Vec::new(),
+        vips_v6: Vec::new(),
+        primary_v4: Some(NODE),
+        primary_v6: None,
+        mtu: 1500,
         vlan: None,
         hasher: flow::Hasher::new(&KEY),
     }
