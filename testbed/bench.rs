@@ -262,7 +262,10 @@ fn hairpin<P: Port>(
     let mut polls = 0u32;
     let mut idle_since: Option<Instant> = None;
     loop {
-        let n = port.poll(64, decide);
+        let n = port.poll(64, |buf, len| {
+            let len = len.min(buf.len());
+            (decide(&mut buf[..len]), len)
+        });
         frames += n as u64;
         if n > 0 {
             idle_since = None;

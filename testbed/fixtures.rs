@@ -1,7 +1,9 @@
-//! Packet fixtures for `dataplane::process`, in Katran's style: one table
-//! of named cases, each an input frame, the expected `Outcome` and the
-//! expected output frame (the oracle's rewrite for `Forward`, the input
-//! itself otherwise: `process` must not touch what it does not forward).
+//! Packet fixtures for `dataplane::process_in`, in Katran's style: one
+//! table of named cases, each an input frame, the expected `Outcome` and
+//! the expected output frame (the oracle's rewrite or encapsulation for
+//! `Forward`, the input itself otherwise: `process_in` must not touch what
+//! it does not forward, spare room included). Each case also runs through
+//! `process`, which has no room to encapsulate in.
 //!
 //! Frames are built with etherparse and pnet_packet only (see
 //! `fixtures/build.rs`); no `rusty_rail::wire` encoder is used. Byte-exact
@@ -22,7 +24,7 @@ mod sweeps;
 use build::*;
 use env::*;
 use etherparse::{EtherType, Ethernet2Header, IpFragOffset, Ipv4Header, Ipv4HeaderSlice};
-use rusty_rail::dataplane::{Counters, DropReason, Outcome, Verdict, process};
+use rusty_rail::dataplane::{Counters, DropReason, Outcome, Verdict, process, process_in};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -40,6 +42,9 @@ pub struct Case {
     /// Where the GRE packet (header + inner, no padding) sits, when the
     /// input is GRE; used for the "GRE untouched, checksum valid" checks.
     pub gre: Option<Range<usize>>,
+    /// What `process`, which has no spare room, returns instead of
+    /// `expected` (the frame then comes back as is); None: the same.
+    pub without_room: Option<Outcome>,
 }
 
 fn gre_range(frame: &Frame) -> Range<usize> {
@@ -66,6 +71,53 @@ impl Case {
             expected: Outcome::of(Verdict::Forward, Some(backend)),
             output: frame.forwarded(NODE_MAC, next_hop, backend),
             gre: Some(gre_range(frame)),
+            without_room: None,
+        }
+    }
+
+    /// Plain IP to an announced VIP, encapsulated toward `backend` from the
+    /// node's primary address of its family.
+    fn encap(
+        description: &'static str,
+        env: &Rc<Env>,
+        frame: &Frame,
+        backend: impl Into<IpAddr>,
+    ) -> Case {
+        let backend = backend.into();
+        let next_hop = env
+            .next_hop(backend)
+            .unwrap_or_else(|| panic!("fixture bug in {description:?}: no next hop for {backend}"));
+        let (src, label) = match backend {
+            IpAddr::V4(_) => (IpAddr::from(env.primary_v4.unwrap()), 0),
+            IpAddr::V6(_) => (
+                IpAddr::from(env.primary_v6.unwrap()),
+                flow_label(env, &frame.packet()),
+            ),
+        };
+        Case {
+            description,
+            env: Rc::clone(env),
+            input: frame.bytes(),
+            expected: Outcome::of(Verdict::Forward, Some(backend)),
+            output: frame.encapsulated(NODE_MAC, next_hop, src, backend, label),
+            gre: None,
+            without_room: Some(TOO_BIG),
+        }
+    }
+
+    /// Plain IP to an announced VIP, not forwarded. `chosen`: it got as
+    /// far as choosing a backend, which comes after the size check, so
+    /// without room it is too big.
+    fn plain(
+        description: &'static str,
+        env: &Rc<Env>,
+        frame: &Frame,
+        verdict: Verdict,
+        chosen: bool,
+    ) -> Case {
+        Case {
+            without_room: chosen.then_some(TOO_BIG),
+            ..Case::unchanged(description, env, frame.bytes(), verdict)
         }
     }
 
@@ -84,6 +136,7 @@ impl Case {
             input,
             expected: Outcome::of(verdict, None),
             gre: None,
+            without_room: None,
         }
     }
 
@@ -101,6 +154,30 @@ impl Case {
     fn drop(description: &'static str, env: &Rc<Env>, frame: &Frame, reason: DropReason) -> Case {
         Case::frame(description, env, frame, Verdict::Drop(reason))
     }
+}
+
+const TOO_BIG: Outcome = Outcome::of(Verdict::Drop(DropReason::TooBig), None);
+
+/// The outer flow label of an encapsulated IPv6 packet: the low 20 bits
+/// of its flow hash, over the 5-tuple as etherparse reads it.
+fn flow_label(env: &Env, packet: &[u8]) -> u32 {
+    let p = etherparse::SlicedPacket::from_ip(packet).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("fixture bug: not IPv6");
+    };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    let (protocol, ports) = match &p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => (6, (t.source_port(), t.destination_port())),
+        Some(etherparse::TransportSlice::Udp(u)) => (17, (u.source_port(), u.destination_port())),
+        _ => panic!("fixture bug: flow label only for TCP and UDP"),
+    };
+    let ports = u32::from(ports.0) << 16 | u32::from(ports.1);
+    env.hasher.v6(src, dst, protocol, ports) as u32 & 0x000f_ffff
+}
+
+/// A client's packet sent plain to the node's MAC.
+fn plain(packet: Vec<u8>) -> Frame {
+    Frame::plain(&packet, NODE_MAC)
 }
 
 /// GRE of the family matching the inner packet's version nibble.
@@ -144,6 +221,7 @@ pub struct Envs {
     pub gateway_only: Rc<Env>,
     pub vlan100: Rc<Env>,
     pub two_addrs: Rc<Env>,
+    pub no_primary: Rc<Env>,
 }
 
 fn envs() -> Envs {
@@ -180,6 +258,15 @@ fn envs() -> Envs {
                 name: "two local addresses",
                 local_v4: vec![NODE_V4, NODE_V4_B],
                 local_v6: vec![NODE_V6, NODE_V6_B],
+                ..standard.clone()
+            }
+            .build(),
+        ),
+        no_primary: Rc::new(
+            Spec {
+                name: "no primary address",
+                primary_v4: None,
+                primary_v6: None,
                 ..standard
             }
             .build(),
@@ -762,14 +849,197 @@ pub fn cases() -> Vec<Case> {
         BE_A6_V6,
     ));
 
+    // --- Plain IP to an announced VIP: encapsulated in GRE. --------------
+    c.push(Case::encap(
+        "plain IPv4 TCP to an announced VIP is encapsulated in GRE/IPv4",
+        std,
+        &plain(t4()),
+        BE_A4_V4,
+    ));
+    c.push(Case::encap(
+        "plain IPv4 UDP with DSCP 46 to an announced VIP: the outer header copies it",
+        std,
+        &plain(udp4(CLIENT_V4, VIP_A4, 40001, 53)).dscp(46),
+        BE_A4_V4,
+    ));
+    c.push(Case::encap(
+        "plain ICMP echo to an announced IPv4 VIP",
+        std,
+        &plain(icmp4_echo(CLIENT_V4, VIP_A4)),
+        BE_A4_V4,
+    ));
+    c.push(Case::encap(
+        "plain IPv4 first fragment to an announced VIP",
+        std,
+        &plain(tcp4_fragments(CLIENT_V4, VIP_A4, 40000, 443, 0x4242).0),
+        BE_A4_V4,
+    ));
+    c.push(Case::encap(
+        "plain IPv6 UDP to an announced VIP is encapsulated in GRE/IPv6",
+        std,
+        &plain(udp6(CLIENT_V6, VIP_A6, 40001, 53)),
+        BE_A6_V6,
+    ));
+    {
+        let mut f = plain(t6());
+        f.v6().traffic_class = 0xb8;
+        c.push(Case::encap(
+            "plain IPv6 TCP with traffic class 0xb8 to an announced VIP: the outer header copies it",
+            std,
+            &f,
+            BE_A6_V6,
+        ));
+    }
+    {
+        let mut f = plain(udp4(CLIENT_V4, VIP_A4, 40002, 53));
+        f.padding = 6;
+        c.push(Case::encap(
+            "plain IPv4 with link padding: encapsulated without the padding",
+            std,
+            &f,
+            BE_A4_V4,
+        ));
+    }
+    c.push(Case::encap(
+        "tagged plain IPv4 (VID 100, PCP 5) on VLAN 100 keeps its tag",
+        &e.vlan100,
+        &plain(t4()).tagged(100, 5),
+        BE_A4_V4,
+    ));
+    c.push(Case::encap(
+        "plain IPv4 to an announced VIP via the gateway",
+        &e.gateway_only,
+        &plain(t4()),
+        BE_A4_V4,
+    ));
+    {
+        // 1500 bytes: 1524 once in GRE/IPv4, over the 1500-byte MTU.
+        let big = udp4_with(CLIENT_V4, VIP_A4, 40003, 53, &[0x5a; 1472]);
+        assert_eq!(big.len(), 1500, "fixture bug");
+        c.push(Case::plain(
+            "plain IPv4 UDP of 1500 bytes to an announced VIP: too big once encapsulated",
+            std,
+            &plain(big),
+            Verdict::Drop(TooBig),
+            false,
+        ));
+        let fits = udp4_with(CLIENT_V4, VIP_A4, 40003, 53, &[0x5a; 1448]);
+        c.push(Case::encap(
+            "plain IPv4 UDP of 1476 bytes to an announced VIP: exactly the MTU once encapsulated",
+            std,
+            &plain(fits),
+            BE_A4_V4,
+        ));
+    }
+    c.push(Case::unchanged(
+        "ICMPv6 neighbour solicitation to an announced VIP goes to the host",
+        std,
+        neighbour_solicitation(VIP_A6, NODE_MAC),
+        Verdict::ToHost,
+    ));
+    c.push(Case::plain(
+        "plain IPv4 TCP to a VIP this node does not announce",
+        std,
+        &plain(t4_to(VIP_UNKNOWN4)),
+        Verdict::ToHost,
+        false,
+    ));
+    c.push(Case::plain(
+        "untagged plain IPv4 to an announced VIP on VLAN 100",
+        &e.vlan100,
+        &plain(t4()),
+        Verdict::ToHost,
+        false,
+    ));
+    c.push(Case::plain(
+        "plain IPv4 to an announced VIP with no backends",
+        std,
+        &plain(t4_to(VIP_EMPTY)),
+        Verdict::Drop(NoBackend),
+        true,
+    ));
+    c.push(Case::plain(
+        "plain IPv4 to an announced VIP on a node without an IPv4 address",
+        &e.no_primary,
+        &plain(t4()),
+        Verdict::Drop(NoBackend),
+        false,
+    ));
+    c.push(Case {
+        expected: Outcome::of(Verdict::Drop(NoNeighbour), Some(BE_UNRESOLVED.into())),
+        ..Case::plain(
+            "plain IPv4 to an announced VIP whose backend has no neighbour entry",
+            std,
+            &plain(t4_to(VIP_UNRESOLVED)),
+            Verdict::Drop(NoNeighbour),
+            true,
+        )
+    });
+    {
+        let tcp = tcp_segment(CLIENT_V4.into(), VIP_A4.into(), 40000, 443, &[], &[]);
+        let h = Ipv4Header::new(
+            0,
+            64,
+            etherparse::IpNumber::TCP,
+            CLIENT_V4.octets(),
+            VIP_A4.octets(),
+        )
+        .unwrap();
+        c.push(Case::plain(
+            "plain IPv4 to an announced VIP with its TCP header truncated",
+            std,
+            &plain(ipv4_packet(h, &tcp[..12])),
+            Verdict::Drop(MalformedInner),
+            false,
+        ));
+    }
+    c.push(Case::plain(
+        "plain IPv6 to an announced VIP behind 9 destination options headers",
+        std,
+        &plain(tcp6_with_n_dest_opts(CLIENT_V6, VIP_A6, 9)),
+        Verdict::Drop(Ipv6ExtHeaders),
+        false,
+    ));
+
     c
 }
 
-/// Runs one case; returns its outcome and frame.
-fn run(case: &Case) -> (Outcome, Vec<u8>) {
+/// Spare room after each input, and what fills it.
+const ROOM: usize = 256;
+const SPARE: u8 = 0xee;
+
+/// Runs one case through `process_in` with `ROOM` bytes of spare room;
+/// returns its outcome, its frame and whether the spare room past both the
+/// input and the frame is untouched.
+fn run(case: &Case) -> (Outcome, Vec<u8>, bool) {
+    let len = case.input.len();
+    let mut buf = case.input.clone();
+    buf.resize(len + ROOM, SPARE);
+    let (outcome, new_len) = process_in(&mut buf, len, &case.env.ctx());
+    let spare = buf[len.max(new_len)..].iter().all(|&b| b == SPARE);
+    buf.truncate(new_len);
+    (outcome, buf, spare)
+}
+
+/// What `process` must do with the exact-size input: see `without_room`.
+fn check_without_room(case: &Case) -> Option<String> {
     let mut frame = case.input.clone();
     let outcome = process(&mut frame, &case.env.ctx());
-    (outcome, frame)
+    let (expected, output) = match case.without_room {
+        Some(outcome) => (outcome, &case.input),
+        None => (case.expected, &case.output),
+    };
+    (outcome != expected || frame != *output).then(|| {
+        format!(
+            "[{}] without room: {outcome:?}, expected {expected:?}; {}",
+            case.description,
+            if frame == *output {
+                "frame as expected".to_string()
+            } else {
+                first_difference(output, &frame)
+            }
+        )
+    })
 }
 
 /// First differing byte, for failure messages.
@@ -788,7 +1058,11 @@ fn mismatches(case: &Case) -> Vec<String> {
     let mut out = Vec::new();
     let d = case.description;
     let env = case.env.name;
-    let (outcome, frame) = run(case);
+    let (outcome, frame, spare) = run(case);
+    if !spare {
+        out.push(format!("[{d}] ({env}) bytes past the frame changed"));
+    }
+    out.extend(check_without_room(case));
     if outcome != case.expected {
         out.push(format!(
             "[{d}] ({env}) outcome: expected {:?}, got {:?}",

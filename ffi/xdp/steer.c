@@ -2,10 +2,12 @@
 // rusty_rail's XDP steering program.
 //
 // Steers to the AF_XDP socket of the receiving queue only the frames that
-// rusty_rail handles: GRE (IPv4 or IPv6 outer, GRE right after the fixed
-// header) addressed to one of this node's addresses, on the configured VLAN.
-// Every other frame gets XDP_PASS, so the host stack keeps ARP, ssh, ping and
-// everything else. A queue without a socket also passes (redirect fallback).
+// rusty_rail handles, on the configured VLAN: GRE (IPv4 or IPv6 outer, GRE
+// right after the fixed header) addressed to one of this node's addresses,
+// and plain IP to an announced VIP the node holds, except IPv6 Neighbour
+// Discovery, which the host answers for the VIP. Every other frame gets
+// XDP_PASS, so the host stack keeps ARP, ssh, ping and everything else. A
+// queue without a socket also passes (redirect fallback).
 
 #include "common.h"
 
@@ -13,6 +15,10 @@
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
 #define IPPROTO_GRE 47
+#define IPPROTO_ICMPV6 58
+// Neighbour Discovery: router solicitation .. redirect (RFC 4861).
+#define ND_FIRST 133
+#define ND_LAST 137
 
 // Must match src/io/xdp.rs.
 #define MAX_QUEUES 256
@@ -46,6 +52,21 @@ struct {
 	__type(key, struct addr6);
 	__type(value, __u8);
 } rr_local6 SEC(".maps");
+
+// Announced VIPs, keyed as rr_local4 and rr_local6.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ADDRS);
+	__type(key, __u32);
+	__type(value, __u8);
+} rr_vip4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ADDRS);
+	__type(key, struct addr6);
+	__type(value, __u8);
+} rr_vip6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -87,6 +108,11 @@ struct ipv6hdr {
 	struct addr6 dst;
 };
 
+static inline __attribute__((always_inline)) int redirect(struct xdp_md *ctx)
+{
+	return bpf_redirect_map(&rr_xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
 SEC("xdp")
 int rr_steer(struct xdp_md *ctx)
 {
@@ -117,24 +143,33 @@ int rr_steer(struct xdp_md *ctx)
 		struct ipv4hdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
-		if ((ip->ver_ihl >> 4) != 4 || (ip->ver_ihl & 0x0f) < 5 || ip->proto != IPPROTO_GRE)
+		if ((ip->ver_ihl >> 4) != 4 || (ip->ver_ihl & 0x0f) < 5)
 			return XDP_PASS;
 		__u32 dst = ip->dst;
-		if (!bpf_map_lookup_elem(&rr_local4, &dst))
-			return XDP_PASS;
+		if (ip->proto == IPPROTO_GRE && bpf_map_lookup_elem(&rr_local4, &dst))
+			return redirect(ctx);
+		if (bpf_map_lookup_elem(&rr_vip4, &dst))
+			return redirect(ctx);
 	} else if (proto == be16(ETH_P_IPV6)) {
 		struct ipv6hdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
-		if (ip->next != IPPROTO_GRE)
-			return XDP_PASS;
 		struct addr6 dst = ip->dst;
-		if (!bpf_map_lookup_elem(&rr_local6, &dst))
+		if (ip->next == IPPROTO_GRE && bpf_map_lookup_elem(&rr_local6, &dst))
+			return redirect(ctx);
+		if (!bpf_map_lookup_elem(&rr_vip6, &dst))
 			return XDP_PASS;
-	} else {
-		return XDP_PASS;
+		if (ip->next == IPPROTO_ICMPV6) {
+			__u8 *type = (void *)(ip + 1);
+			if ((void *)(type + 1) > end)
+				return XDP_PASS;
+			// The host must answer neighbour solicitations for the VIP.
+			if (*type >= ND_FIRST && *type <= ND_LAST)
+				return XDP_PASS;
+		}
+		return redirect(ctx);
 	}
-	return bpf_redirect_map(&rr_xsks, ctx->rx_queue_index, XDP_PASS);
+	return XDP_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

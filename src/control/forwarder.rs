@@ -160,6 +160,11 @@ pub fn run(
         mac: ethernet::Address(device.mac),
         v4: device.v4.clone(),
         v6: device.v6.clone(),
+        vips_v4: Vec::new(),
+        vips_v6: Vec::new(),
+        primary_v4: device.v4.first().map(|a| a.octets()),
+        primary_v6: device.v6.first().map(|a| a.octets()),
+        mtu: u16::try_from(device.mtu).unwrap_or(u16::MAX),
         vlan: config.vlan,
         hasher: flow::Hasher::new(&config.hash_key),
         health: config.forwarder.health.as_ref().map(|h| health::Settings {

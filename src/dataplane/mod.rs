@@ -4,6 +4,10 @@
 //! `Context`. It never allocates, locks, logs or makes a syscall; callers
 //! count its verdicts in `Counters`. Everything is decided before the frame
 //! is touched, so a frame that is not forwarded is left byte-identical.
+//!
+//! GRE to one of our addresses is readdressed in place; plain IP to an
+//! announced VIP is wrapped in GRE (`process_in`, which has room for it).
+//! Both hash the client's packet alike, so they pick the same backend.
 
 pub mod conntrack;
 pub mod flow;
@@ -19,7 +23,8 @@ pub use tables::{Service, Tables};
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Rewritten in place; send it back out of the same device.
+    /// Rewritten (or encapsulated) in place; send it back out of the
+    /// same device.
     Forward,
     /// Not load-balanced traffic: hand it to the host stack unchanged.
     ToHost,
@@ -47,10 +52,13 @@ pub enum DropReason {
     NoBackend,
     /// The backend's next hop has no neighbour entry yet.
     NoNeighbour,
+    /// Plain IP to a VIP that, encapsulated, would not fit the buffer or
+    /// the MTU.
+    TooBig,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::OuterFragment,
         DropReason::TtlExpired,
@@ -60,6 +68,7 @@ impl DropReason {
         DropReason::UnknownVip,
         DropReason::NoBackend,
         DropReason::NoNeighbour,
+        DropReason::TooBig,
     ];
 
     /// Stable label for logs and metrics.
@@ -73,6 +82,7 @@ impl DropReason {
             DropReason::UnknownVip => "unknown_vip",
             DropReason::NoBackend => "no_backend",
             DropReason::NoNeighbour => "no_neighbour",
+            DropReason::TooBig => "too_big",
         }
     }
 }
@@ -159,6 +169,16 @@ pub struct Context<'a, N: Neighbours> {
     /// This node's addresses: GRE to any of them is ours.
     pub local_v4: &'a [[u8; 4]],
     pub local_v6: &'a [[u8; 16]],
+    /// Announced VIPs this node holds: plain IP to any of them is ours,
+    /// and is encapsulated toward its backend.
+    pub vips_v4: &'a [[u8; 4]],
+    pub vips_v6: &'a [[u8; 16]],
+    /// The outer source of that encapsulation, per family. None: such
+    /// packets are dropped as `NoBackend`.
+    pub primary_v4: Option<[u8; 4]>,
+    pub primary_v6: Option<[u8; 16]>,
+    /// The device MTU, which no encapsulated packet may exceed.
+    pub mtu: u16,
     /// The 802.1Q VLAN GRE traffic arrives on; None for untagged.
     pub vlan: Option<u16>,
     pub hasher: &'a flow::Hasher,
@@ -172,14 +192,26 @@ pub struct Context<'a, N: Neighbours> {
 
 /// A frame that is ours, parsed and hashed, waiting for its backend.
 struct Flow<'t> {
-    /// Offset of the outer IP header.
+    /// Offset of the outer IP header (for a plain packet, of the packet).
     l3: usize,
-    /// The node address it was sent to: the new outer source.
-    local: Addr,
+    /// The new outer source: the node address GRE was sent to, or the
+    /// primary address for a plain packet.
+    src: Addr,
     service: &'t Service,
     /// Outer family: which of the service's tables applies.
     v6: bool,
     hash: u64,
+    /// Set for plain IP to a VIP: encapsulated, not readdressed.
+    plain: Option<Plain>,
+}
+
+/// A plain packet to encapsulate.
+#[derive(Clone, Copy)]
+struct Plain {
+    /// The IP packet's length, link padding excluded.
+    len: usize,
+    /// Its DSCP/ECN byte or traffic class, copied to the outer header.
+    tos: u8,
 }
 
 /// An address as the header holds it.
@@ -189,18 +221,52 @@ enum Addr {
     V6([u8; 16]),
 }
 
+/// TTL and hop limit of the outer header we add.
+const ENCAP_TTL: u8 = 64;
+
 /// Decides the fate of one frame and, for `Forward`, rewrites it in place.
+/// The frame has no spare room, so plain IP to a VIP is `Drop(TooBig)`.
 #[inline]
 pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome {
-    match classify(frame, ctx) {
-        Ok(flow) => match choose(&flow, ctx) {
-            Some((backend, id, track)) => {
-                let mut out = forward(frame, &flow, backend, ctx);
-                out.id = id;
-                out.track = track;
-                out
-            }
-            None => Outcome {
+    let len = frame.len();
+    process_in(frame, len, ctx).0
+}
+
+/// `process` for a frame in `buf[..len]` with spare room in `buf[len..]`,
+/// which an encapsulated frame grows into. Returns the outcome and the
+/// frame's length afterwards: `len` unless encapsulated.
+#[inline]
+pub fn process_in<N: Neighbours>(
+    buf: &mut [u8],
+    len: usize,
+    ctx: &Context<'_, N>,
+) -> (Outcome, usize) {
+    let len = len.min(buf.len());
+    let flow = match classify(buf.get(..len).unwrap_or_default(), ctx) {
+        Ok(flow) => flow,
+        Err(outcome) => return (outcome, len),
+    };
+    // Before a backend is chosen: a packet that cannot go is not tracked.
+    if let Some(plain) = flow.plain
+        && !fits(&flow, plain, buf.len(), ctx.mtu)
+    {
+        return (Outcome::drop(DropReason::TooBig), len);
+    }
+    match choose(&flow, ctx) {
+        Some((backend, id, track)) => {
+            let (mut out, len) = match flow.plain {
+                None => {
+                    let frame = buf.get_mut(..len).unwrap_or_default();
+                    (forward(frame, &flow, backend, ctx), len)
+                }
+                Some(plain) => encapsulate(buf, len, &flow, plain, backend, ctx),
+            };
+            out.id = id;
+            out.track = track;
+            (out, len)
+        }
+        None => (
+            Outcome {
                 track: if ctx.flows.is_some() && flow.service.tracked() {
                     Track::Miss
                 } else {
@@ -208,8 +274,8 @@ pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome
                 },
                 ..Outcome::drop(DropReason::NoBackend)
             },
-        },
-        Err(outcome) => outcome,
+            len,
+        ),
     }
 }
 
@@ -246,41 +312,79 @@ fn classify<'t, N: Neighbours>(frame: &[u8], ctx: &Context<'t, N>) -> Result<Flo
         return Err(Outcome::TO_HOST);
     }
     let l3 = eth.header_len();
+    let no_primary = Outcome::drop(DropReason::NoBackend);
     match eth.ethertype() {
         ethernet::ethertype::IPV4 => {
             // A broken outer header is not provably ours: the host decides.
             let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| Outcome::TO_HOST)?;
-            let local = ip.dst_bytes();
-            if ip.protocol() != ip_proto::GRE || !ctx.local_v4.contains(&local) {
+            let dst = ip.dst_bytes();
+            if ip.protocol() == ip_proto::GRE && ctx.local_v4.contains(&dst) {
+                if ip.is_fragment() {
+                    return Err(Outcome::drop(DropReason::OuterFragment));
+                }
+                let (hash, inner_dst) = inner(ip.payload(), ip.ttl(), ctx.hasher)?;
+                return Ok(Flow {
+                    l3,
+                    src: Addr::V4(dst),
+                    service: service(ctx.tables, inner_dst)?,
+                    v6: false,
+                    hash,
+                    plain: None,
+                });
+            }
+            if !ctx.vips_v4.contains(&dst) {
                 return Err(Outcome::TO_HOST);
             }
-            if ip.is_fragment() {
-                return Err(Outcome::drop(DropReason::OuterFragment));
-            }
-            let (hash, dst) = inner(ip.payload(), ip.ttl(), ctx.hasher)?;
+            let hash = hash_v4(&ip, ctx.hasher)?;
+            let service = service(ctx.tables, Addr::V4(dst))?;
             Ok(Flow {
                 l3,
-                local: Addr::V4(local),
-                service: service(ctx.tables, dst)?,
+                src: Addr::V4(ctx.primary_v4.ok_or(no_primary)?),
+                service,
                 v6: false,
                 hash,
+                plain: Some(Plain {
+                    len: usize::from(ip.total_len()),
+                    tos: ip.dscp_ecn(),
+                }),
             })
         }
         ethernet::ethertype::IPV6 => {
             let ip = ipv6::Packet::new_checked(eth.payload()).map_err(|_| Outcome::TO_HOST)?;
-            let local = ip.dst_bytes();
+            let dst = ip.dst_bytes();
             // GRE directly after the fixed header; outer extension headers
             // are the host's business.
-            if ip.next_header() != ip_proto::GRE || !ctx.local_v6.contains(&local) {
+            if ip.next_header() == ip_proto::GRE && ctx.local_v6.contains(&dst) {
+                let (hash, inner_dst) = inner(ip.payload(), ip.hop_limit(), ctx.hasher)?;
+                return Ok(Flow {
+                    l3,
+                    src: Addr::V6(dst),
+                    service: service(ctx.tables, inner_dst)?,
+                    v6: true,
+                    hash,
+                    plain: None,
+                });
+            }
+            if !ctx.vips_v6.contains(&dst) {
                 return Err(Outcome::TO_HOST);
             }
-            let (hash, dst) = inner(ip.payload(), ip.hop_limit(), ctx.hasher)?;
+            let upper = upper_layer(&ip)?;
+            // The host answers Neighbour Solicitations for the VIP.
+            if is_neighbour_discovery(&ip, upper) {
+                return Err(Outcome::TO_HOST);
+            }
+            let hash = hash_v6(&ip, upper, ctx.hasher)?;
+            let service = service(ctx.tables, Addr::V6(dst))?;
             Ok(Flow {
                 l3,
-                local: Addr::V6(local),
-                service: service(ctx.tables, dst)?,
+                src: Addr::V6(ctx.primary_v6.ok_or(no_primary)?),
+                service,
                 v6: true,
                 hash,
+                plain: Some(Plain {
+                    len: ipv6::HEADER_LEN + usize::from(ip.payload_len()),
+                    tos: ip.traffic_class(),
+                }),
             })
         }
         _ => Err(Outcome::TO_HOST),
@@ -302,7 +406,7 @@ fn forward<N: Neighbours>(
     // family, so the fallbacks cannot happen; they leave the frame as it was
     // rather than send one we could not readdress.
     let l3 = frame.get_mut(flow.l3..).unwrap_or_default();
-    match (flow.local, backend) {
+    match (flow.src, backend) {
         (Addr::V4(src), IpAddr::V4(dst)) => {
             let Ok(mut ip) = ipv4::Packet::new_checked(l3) else {
                 return Outcome::TO_HOST;
@@ -325,6 +429,113 @@ fn forward<N: Neighbours>(
         eth.set_dst(mac);
     }
     Outcome::of(Verdict::Forward, Some(backend))
+}
+
+/// The outer IP and GRE headers an encapsulation adds.
+#[inline(always)]
+fn encap_len(v6: bool) -> usize {
+    let ip = if v6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    ip + gre::BASE_LEN
+}
+
+/// Whether a plain packet, encapsulated, fits the buffer and the MTU.
+#[inline(always)]
+fn fits(flow: &Flow<'_>, plain: Plain, room: usize, mtu: u16) -> bool {
+    let outer = encap_len(flow.v6) + plain.len;
+    outer <= usize::from(mtu) && flow.l3 + outer <= room
+}
+
+/// Finds the next hop and wraps the plain packet in `buf[..len]` in GRE
+/// toward `backend`, in place; returns the new frame length. The inner
+/// packet is moved, not changed; link padding is dropped.
+#[inline(always)]
+fn encapsulate<N: Neighbours>(
+    buf: &mut [u8],
+    len: usize,
+    flow: &Flow<'_>,
+    plain: Plain,
+    backend: IpAddr,
+    ctx: &Context<'_, N>,
+) -> (Outcome, usize) {
+    let Some(mac) = ctx.neighbours.lookup(backend) else {
+        return (
+            Outcome::of(Verdict::Drop(DropReason::NoNeighbour), Some(backend)),
+            len,
+        );
+    };
+    // The headers are built aside first, so the frame changes only once
+    // nothing can fail. `fits` checked the lengths, so the fallbacks
+    // cannot happen; they leave the frame as it was.
+    let mut header = [0u8; ipv6::HEADER_LEN + gre::BASE_LEN];
+    let payload_len = gre::BASE_LEN + plain.len;
+    let (built, ethertype, protocol) = match (flow.src, backend) {
+        (Addr::V4(src), IpAddr::V4(dst)) => {
+            let ip = ipv4::Repr {
+                src: src.into(),
+                dst,
+                protocol: ip_proto::GRE,
+                payload_len,
+                ttl: ENCAP_TTL,
+            };
+            (
+                ip.emit_with_dscp_ecn(&mut header, plain.tos),
+                ethernet::ethertype::IPV4,
+                gre::protocol::IPV4,
+            )
+        }
+        (Addr::V6(src), IpAddr::V6(dst)) => {
+            let ip = ipv6::Repr {
+                src: src.into(),
+                dst,
+                next_header: ip_proto::GRE,
+                payload_len,
+                hop_limit: ENCAP_TTL,
+            };
+            // The hash's low bits label the flow for routers on the way.
+            (
+                ip.emit_with_flow(&mut header, plain.tos, flow.hash as u32),
+                ethernet::ethertype::IPV6,
+                gre::protocol::IPV6,
+            )
+        }
+        _ => return (Outcome::drop(DropReason::NoBackend), len),
+    };
+    let added = encap_len(flow.v6);
+    let gre = gre::Repr {
+        protocol,
+        checksum: false,
+        key: None,
+        sequence: None,
+    };
+    let (inner, new_len) = (flow.l3..flow.l3 + plain.len, flow.l3 + added + plain.len);
+    let Some(header) = header.get_mut(..added) else {
+        return (Outcome::drop(DropReason::TooBig), len);
+    };
+    let gre_at = added - gre::BASE_LEN;
+    if built.is_err()
+        || gre
+            .emit(header.get_mut(gre_at..).unwrap_or_default())
+            .is_err()
+        || inner.end > len
+        || new_len > buf.len()
+    {
+        return (Outcome::drop(DropReason::TooBig), len);
+    }
+    buf.copy_within(inner, flow.l3 + added);
+    let frame = buf.get_mut(..new_len).unwrap_or_default();
+    if let Some(at) = frame.get_mut(flow.l3..flow.l3 + added) {
+        at.copy_from_slice(header);
+    }
+    if let Ok(mut eth) = ethernet::Frame::new_checked(frame) {
+        eth.set_src(ctx.mac);
+        eth.set_dst(mac);
+        eth.set_ethertype(ethertype);
+    }
+    (Outcome::of(Verdict::Forward, Some(backend)), new_len)
 }
 
 #[inline]
@@ -356,36 +567,71 @@ fn inner(gre_bytes: &[u8], ttl: u8, hasher: &flow::Hasher) -> Result<(u64, Addr)
     let malformed = |_| Outcome::drop(DropReason::MalformedInner);
     if protocol == gre::protocol::IPV4 {
         let ip = ipv4::Packet::new_checked(gre.payload()).map_err(malformed)?;
-        let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
-        if ip.is_fragment() {
-            return Ok((hasher.v4(src, dst, ip.protocol(), 0), Addr::V4(dst)));
-        }
-        if ip.protocol() == ip_proto::ICMP {
-            if let Some(hash) = icmp_error_v4(ip.payload(), dst, hasher) {
-                return Ok((hash, Addr::V4(dst)));
-            }
-        }
-        let ports = ports(ip.protocol(), ip.payload())?;
-        Ok((hasher.v4(src, dst, ip.protocol(), ports), Addr::V4(dst)))
+        Ok((hash_v4(&ip, hasher)?, Addr::V4(ip.dst_bytes())))
     } else {
         let ip = ipv6::Packet::new_checked(gre.payload()).map_err(malformed)?;
-        let upper = ip.upper_layer().map_err(|e| match e {
-            wire::Error::Unsupported => Outcome::drop(DropReason::Ipv6ExtHeaders),
-            _ => Outcome::drop(DropReason::MalformedInner),
-        })?;
-        let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
-        if upper.fragment {
-            return Ok((hasher.v6(src, dst, upper.protocol, 0), Addr::V6(dst)));
-        }
-        let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
-        if upper.protocol == ip_proto::ICMPV6 {
-            if let Some(hash) = icmp_error_v6(l4, dst, hasher) {
-                return Ok((hash, Addr::V6(dst)));
-            }
-        }
-        let ports = ports(upper.protocol, l4)?;
-        Ok((hasher.v6(src, dst, upper.protocol, ports), Addr::V6(dst)))
+        let upper = upper_layer(&ip)?;
+        Ok((hash_v6(&ip, upper, hasher)?, Addr::V6(ip.dst_bytes())))
     }
+}
+
+/// The flow hash of a client's IPv4 packet, inside GRE or sent plain to a
+/// VIP: both must pick the same backend.
+#[inline(always)]
+fn hash_v4(ip: &ipv4::Packet<&[u8]>, hasher: &flow::Hasher) -> Result<u64, Outcome> {
+    let (src, dst, protocol) = (ip.src_bytes(), ip.dst_bytes(), ip.protocol());
+    // Only the first fragment has ports: every fragment gets the 3-tuple.
+    if ip.is_fragment() {
+        return Ok(hasher.v4(src, dst, protocol, 0));
+    }
+    if protocol == ip_proto::ICMP {
+        if let Some(hash) = icmp_error_v4(ip.payload(), dst, hasher) {
+            return Ok(hash);
+        }
+    }
+    let ports = ports(protocol, ip.payload())?;
+    Ok(hasher.v4(src, dst, protocol, ports))
+}
+
+/// Where a client's IPv6 packet has its upper layer.
+#[inline(always)]
+fn upper_layer(ip: &ipv6::Packet<&[u8]>) -> Result<ipv6::UpperLayer, Outcome> {
+    ip.upper_layer().map_err(|e| match e {
+        wire::Error::Unsupported => Outcome::drop(DropReason::Ipv6ExtHeaders),
+        _ => Outcome::drop(DropReason::MalformedInner),
+    })
+}
+
+/// `hash_v4` for IPv6, given where the upper layer starts.
+#[inline(always)]
+fn hash_v6(
+    ip: &ipv6::Packet<&[u8]>,
+    upper: ipv6::UpperLayer,
+    hasher: &flow::Hasher,
+) -> Result<u64, Outcome> {
+    let (src, dst) = (ip.src_bytes(), ip.dst_bytes());
+    if upper.fragment {
+        return Ok(hasher.v6(src, dst, upper.protocol, 0));
+    }
+    let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
+    if upper.protocol == ip_proto::ICMPV6 {
+        if let Some(hash) = icmp_error_v6(l4, dst, hasher) {
+            return Ok(hash);
+        }
+    }
+    let ports = ports(upper.protocol, l4)?;
+    Ok(hasher.v6(src, dst, upper.protocol, ports))
+}
+
+/// Router and neighbour solicitations and advertisements, and redirects.
+#[inline]
+fn is_neighbour_discovery(ip: &ipv6::Packet<&[u8]>, upper: ipv6::UpperLayer) -> bool {
+    if upper.protocol != ip_proto::ICMPV6 || upper.fragment {
+        return false;
+    }
+    let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
+    icmp::Packet::new_checked(l4)
+        .is_ok_and(|m| (icmp::v6::ROUTER_SOLICIT..=icmp::v6::REDIRECT).contains(&m.msg_type()))
 }
 
 /// An ICMP error about a packet a backend sent from the VIP, such as
@@ -468,6 +714,14 @@ mod tests {
     use proptest::prelude::*;
 
     const NODE: [u8; 4] = [172, 16, 0, 1];
+    const NODE6: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    ];
+    /// Announced VIPs, served by the default set.
+    const VIP4: [u8; 4] = [192, 0, 2, 1];
+    const VIP6: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
     const MAC: ethernet::Address = ethernet::Address([2, 0, 0, 0, 0, 1]);
     const BACKEND_MAC: ethernet::Address = ethernet::Address([2, 0, 0, 0, 0, 2]);
 
@@ -509,7 +763,12 @@ mod tests {
         Context {
             mac: MAC,
             local_v4: &[NODE],
-            local_v6: &[],
+            local_v6: &[NODE6],
+            vips_v4: &[VIP4],
+            vips_v6: &[VIP6],
+            primary_v4: Some(NODE),
+            primary_v6: Some(NODE6),
+            mtu: 1500,
             vlan: None,
             hasher: &w.hasher,
             tables: &w.tables,
@@ -773,6 +1032,492 @@ mod tests {
         assert_eq!(flows.count(0), 0);
     }
 
+    // --- Plain IP to an announced VIP. Frames and the expected
+    // encapsulations are built with etherparse, the GRE header by hand.
+
+    const CLIENT4: [u8; 4] = [10, 0, 0, 9];
+    const CLIENT6: [u8; 16] = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7,
+    ];
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
+    /// Spare room after each frame handed to `process_in`.
+    const ROOM: usize = 128;
+    const SPARE: u8 = 0xee;
+
+    fn v4_and_v6(backends: &[&str]) -> World {
+        let mut all = backends.to_vec();
+        all.extend(["2001:db8:1::1", "2001:db8:1::2"]);
+        world(&all)
+    }
+
+    /// The client's IPv4 packet to `dst`: TCP with `dscp_ecn`, or UDP.
+    fn packet4(dst: [u8; 4], tcp: bool, port: u16, dscp_ecn: u8) -> Vec<u8> {
+        let protocol = if tcp {
+            etherparse::IpNumber::TCP
+        } else {
+            etherparse::IpNumber::UDP
+        };
+        let mut h = etherparse::Ipv4Header::new(0, 64, protocol, CLIENT4, dst).unwrap();
+        h.dscp = etherparse::IpDscp::try_new(dscp_ecn >> 2).unwrap();
+        h.ecn = etherparse::IpEcn::try_new(dscp_ecn & 3).unwrap();
+        let ip = etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, Default::default()));
+        let mut out = Vec::new();
+        if tcp {
+            ip.tcp(port, 443, 1, 64240)
+                .syn()
+                .write(&mut out, b"hello")
+                .unwrap();
+        } else {
+            ip.udp(port, 53).write(&mut out, b"hello").unwrap();
+        }
+        out
+    }
+
+    /// The client's IPv6 UDP packet to `dst` with `traffic_class`.
+    fn packet6(dst: [u8; 16], port: u16, traffic_class: u8) -> Vec<u8> {
+        let h = etherparse::Ipv6Header {
+            traffic_class,
+            flow_label: Default::default(),
+            payload_length: 0,
+            next_header: etherparse::IpNumber::UDP,
+            hop_limit: 64,
+            source: CLIENT6,
+            destination: dst,
+        };
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv6(h, Default::default()))
+            .udp(port, 53)
+            .write(&mut out, b"hello, v6")
+            .unwrap();
+        out
+    }
+
+    fn ethertype_of(packet: &[u8]) -> etherparse::EtherType {
+        if packet[0] >> 4 == 6 {
+            etherparse::EtherType::IPV6
+        } else {
+            etherparse::EtherType::IPV4
+        }
+    }
+
+    /// An Ethernet header from `src` to `dst`, with an 802.1Q tag
+    /// (VID, PCP) if given, in front of `payload`.
+    fn ethernet(src: [u8; 6], dst: [u8; 6], tag: Option<(u16, u8)>, payload: &[u8]) -> Vec<u8> {
+        let ether_type = ethertype_of(payload);
+        let mut out = etherparse::Ethernet2Header {
+            source: src,
+            destination: dst,
+            ether_type: match tag {
+                Some(_) => etherparse::EtherType::VLAN_TAGGED_FRAME,
+                None => ether_type,
+            },
+        }
+        .to_bytes()
+        .to_vec();
+        if let Some((id, pcp)) = tag {
+            let vlan = etherparse::SingleVlanHeader {
+                pcp: etherparse::VlanPcp::try_new(pcp).unwrap(),
+                drop_eligible_indicator: false,
+                vlan_id: etherparse::VlanId::try_new(id).unwrap(),
+                ether_type,
+            };
+            out.extend_from_slice(&vlan.to_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// `packet` sent plain from the client to the node's MAC.
+    fn plain(packet: &[u8]) -> Vec<u8> {
+        ethernet(CLIENT_MAC, MAC.0, None, packet)
+    }
+
+    /// `packet` in GRE to the node, IPv6 outer if `v6`.
+    fn in_gre(packet: &[u8], v6: bool) -> Vec<u8> {
+        let mut gre = vec![0, 0];
+        gre.extend_from_slice(&ethertype_of(packet).0.to_be_bytes());
+        gre.extend_from_slice(packet);
+        let eth = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, MAC.0);
+        let mut out = Vec::new();
+        if v6 {
+            eth.ipv6(CLIENT6, NODE6, 64)
+                .write(&mut out, etherparse::IpNumber::GRE, &gre)
+        } else {
+            eth.ipv4([198, 51, 100, 1], NODE, 64)
+                .write(&mut out, etherparse::IpNumber::GRE, &gre)
+        }
+        .unwrap();
+        out
+    }
+
+    /// The oracle: `packet` in GRE from the node's primary address to
+    /// `backend`, via BACKEND_MAC, the tag kept. Outer IPv4: DSCP/ECN of
+    /// the packet, id 0, DF, TTL 64. Outer IPv6: its traffic class,
+    /// `flow_label`, hop limit 64.
+    fn encapsulated(
+        packet: &[u8],
+        backend: IpAddr,
+        tag: Option<(u16, u8)>,
+        flow_label: u32,
+    ) -> Vec<u8> {
+        let mut gre = vec![0, 0];
+        gre.extend_from_slice(&ethertype_of(packet).0.to_be_bytes());
+        let len = u16::try_from(gre.len() + packet.len()).unwrap();
+        let mut outer = Vec::new();
+        match backend {
+            IpAddr::V4(b) => {
+                let inner = etherparse::Ipv4HeaderSlice::from_slice(packet)
+                    .unwrap()
+                    .to_header();
+                let mut h = etherparse::Ipv4Header::new(
+                    len,
+                    64,
+                    etherparse::IpNumber::GRE,
+                    NODE,
+                    b.octets(),
+                )
+                .unwrap();
+                h.dscp = inner.dscp;
+                h.ecn = inner.ecn;
+                h.write(&mut outer).unwrap();
+            }
+            IpAddr::V6(b) => {
+                let inner = etherparse::Ipv6HeaderSlice::from_slice(packet).unwrap();
+                etherparse::Ipv6Header {
+                    traffic_class: inner.traffic_class(),
+                    flow_label: etherparse::Ipv6FlowLabel::try_new(flow_label).unwrap(),
+                    payload_length: len,
+                    next_header: etherparse::IpNumber::GRE,
+                    hop_limit: 64,
+                    source: NODE6,
+                    destination: b.octets(),
+                }
+                .write(&mut outer)
+                .unwrap();
+            }
+        }
+        outer.extend_from_slice(&gre);
+        outer.extend_from_slice(packet);
+        ethernet(MAC.0, BACKEND_MAC.0, tag, &outer)
+    }
+
+    /// The flow label for a UDP `packet6`: the low 20 bits of its hash.
+    fn label(w: &World, packet: &[u8]) -> u32 {
+        let ip = etherparse::Ipv6HeaderSlice::from_slice(packet).unwrap();
+        let udp = etherparse::UdpHeaderSlice::from_slice(&packet[40..]).unwrap();
+        let ports = u32::from(udp.source_port()) << 16 | u32::from(udp.destination_port());
+        let hash = w.hasher.v6(ip.source(), ip.destination(), 17, ports);
+        hash as u32 & 0x000f_ffff
+    }
+
+    /// Runs `frame` through `process_in` with `room` spare bytes; returns
+    /// the outcome, the frame after it and the whole buffer.
+    fn run_in(
+        frame: &[u8],
+        room: usize,
+        c: &Context<'_, neighbours::Static>,
+    ) -> (Outcome, Vec<u8>, Vec<u8>) {
+        let mut buf = frame.to_vec();
+        buf.resize(frame.len() + room, SPARE);
+        let (out, len) = process_in(&mut buf, frame.len(), c);
+        (out, buf[..len].to_vec(), buf)
+    }
+
+    fn untouched(frame: &[u8], room: usize) -> Vec<u8> {
+        let mut buf = frame.to_vec();
+        buf.resize(frame.len() + room, SPARE);
+        buf
+    }
+
+    #[test]
+    fn plain_tcp_and_udp_to_an_ipv4_vip_are_encapsulated_exactly_as_the_oracle_says() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let backend: IpAddr = "10.1.0.1".parse().unwrap();
+        for packet in [
+            packet4(VIP4, true, 40000, 0xb9),
+            packet4(VIP4, false, 40001, 0),
+        ] {
+            let (out, frame, buf) = run_in(&plain(&packet), ROOM, &ctx(&w));
+            assert_eq!(out, Outcome::of(Verdict::Forward, Some(backend)));
+            assert_eq!(frame, encapsulated(&packet, backend, None, 0));
+            assert!(buf[frame.len()..].iter().all(|&b| b == SPARE));
+        }
+    }
+
+    #[test]
+    fn plain_udp_to_an_ipv6_vip_is_encapsulated_exactly_as_the_oracle_says() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let backends: [IpAddr; 2] = [
+            "2001:db8:1::1".parse().unwrap(),
+            "2001:db8:1::2".parse().unwrap(),
+        ];
+        let mut seen = Vec::new();
+        for port in 40000..40016 {
+            let packet = packet6(VIP6, port, 0x2e);
+            let (out, frame, _) = run_in(&plain(&packet), ROOM, &ctx(&w));
+            let backend = out.backend.unwrap();
+            assert!(backends.contains(&backend), "{backend}");
+            assert_eq!(out.verdict, Verdict::Forward);
+            assert_eq!(
+                frame,
+                encapsulated(&packet, backend, None, label(&w, &packet))
+            );
+            seen.push(backend);
+        }
+        // Otherwise the flow label and the pick could be constants.
+        assert!(seen.iter().any(|b| *b != seen[0]), "{seen:?}");
+    }
+
+    #[test]
+    fn a_plain_packet_picks_the_backend_gre_to_the_node_would_pick_for_it() {
+        let w = v4_and_v6(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+        let c = ctx(&w);
+        // ICMP "fragmentation needed" about the VIP's reply to the flow
+        // of `port`, and a first fragment: both hashed as GRE hashes them.
+        let icmp_error = |port: u16| {
+            let reply = etherparse::PacketBuilder::ipv4(VIP4, CLIENT4, 64).udp(53, port);
+            let mut quote = Vec::new();
+            reply.write(&mut quote, b"").unwrap();
+            let error = etherparse::PacketBuilder::ipv4([203, 0, 113, 1], VIP4, 64).icmpv4(
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: 1400,
+                    },
+                ),
+            );
+            let mut out = Vec::new();
+            error.write(&mut out, &quote).unwrap();
+            out
+        };
+        let fragment = |port: u16| {
+            let mut p = packet4(VIP4, false, port, 0);
+            p[6] = 0x20; // MF
+            let mut h = etherparse::Ipv4HeaderSlice::from_slice(&p)
+                .unwrap()
+                .to_header();
+            h.header_checksum = h.calc_header_checksum();
+            p[..20].copy_from_slice(&h.to_bytes());
+            p
+        };
+        let mut picked = std::collections::BTreeSet::new();
+        for port in 30000..30100 {
+            let packets = [
+                (packet4(VIP4, true, port, 0), false),
+                (packet4(VIP4, false, port, 0), false),
+                (icmp_error(port), false),
+                (fragment(port), false),
+                (packet6(VIP6, port, 0), true),
+            ];
+            for (packet, v6) in packets {
+                let (gre, _, _) = run_in(&in_gre(&packet, v6), ROOM, &c);
+                let (direct, _, _) = run_in(&plain(&packet), ROOM, &c);
+                assert_eq!(gre.verdict, Verdict::Forward);
+                assert_eq!(direct, gre, "port {port}");
+                picked.insert(direct.backend);
+            }
+        }
+        assert!(picked.len() >= 4, "{picked:?}");
+    }
+
+    #[test]
+    fn a_tracked_plain_flow_hits_on_its_second_frame() {
+        let w = World {
+            tables: tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1)]),
+            ..world(&["10.1.0.1", "10.1.0.2"])
+        };
+        let flows = conntrack::Table::new(64, 60);
+        let mut c = ctx(&w);
+        c.flows = Some(&flows);
+        let frame = plain(&packet4(VIP4, true, 40000, 0));
+        let (first, _, _) = run_in(&frame, ROOM, &c);
+        let (second, _, _) = run_in(&frame, ROOM, &c);
+        assert_eq!(
+            (first.verdict, first.track),
+            (Verdict::Forward, Track::Miss)
+        );
+        assert_eq!(
+            (second.verdict, second.track),
+            (Verdict::Forward, Track::Hit)
+        );
+        assert_eq!((second.backend, second.id), (first.backend, first.id));
+    }
+
+    /// A plain IPv4 UDP frame to VIP4 whose packet is `len` bytes long.
+    fn plain_of_len(len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4(CLIENT4, VIP4, 64)
+            .udp(40000, 53)
+            .write(&mut out, &vec![0x5a; len - 28])
+            .unwrap();
+        plain(&out)
+    }
+
+    #[test]
+    fn a_plain_packet_too_big_for_the_mtu_once_encapsulated_is_dropped_untouched() {
+        let w = world(&["10.1.0.1"]);
+        let c = ctx(&w);
+        // 1500 less the 24 bytes of outer IPv4 and GRE fits exactly.
+        let (out, frame, _) = run_in(&plain_of_len(1476), ROOM, &c);
+        assert_eq!(out.verdict, Verdict::Forward);
+        assert_eq!(frame.len(), 14 + 1500);
+        let big = plain_of_len(1477);
+        let (out, _, buf) = run_in(&big, ROOM, &c);
+        assert_eq!(out, Outcome::of(Verdict::Drop(DropReason::TooBig), None));
+        assert_eq!(buf, untouched(&big, ROOM));
+    }
+
+    #[test]
+    fn a_plain_frame_without_room_to_grow_is_too_big() {
+        let w = world(&["10.1.0.1"]);
+        let c = ctx(&w);
+        let frame = plain(&packet4(VIP4, true, 40000, 0));
+        let mut f = frame.clone();
+        assert_eq!(
+            process(&mut f, &c),
+            Outcome::of(Verdict::Drop(DropReason::TooBig), None)
+        );
+        assert_eq!(f, frame);
+        let (out, _, buf) = run_in(&frame, 23, &c);
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::TooBig));
+        assert_eq!(buf, untouched(&frame, 23));
+        assert_eq!(run_in(&frame, 24, &c).0.verdict, Verdict::Forward);
+    }
+
+    #[test]
+    fn a_plain_frame_with_link_padding_is_encapsulated_without_it() {
+        let w = world(&["10.1.0.1"]);
+        let packet = packet4(VIP4, false, 40000, 0);
+        let mut frame = plain(&packet);
+        frame.extend_from_slice(&[0; 6]);
+        let (out, f, _) = run_in(&frame, ROOM, &ctx(&w));
+        assert_eq!(out.verdict, Verdict::Forward);
+        assert_eq!(f, encapsulated(&packet, out.backend.unwrap(), None, 0));
+    }
+
+    #[test]
+    fn neighbour_discovery_to_an_ipv6_vip_goes_to_the_host() {
+        let w = v4_and_v6(&[]);
+        for t in [
+            etherparse::Icmpv6Type::NeighborSolicitation,
+            etherparse::Icmpv6Type::Unknown {
+                type_u8: 137,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            },
+        ] {
+            let mut ns = Vec::new();
+            etherparse::PacketBuilder::ethernet2(CLIENT_MAC, MAC.0)
+                .ipv6(CLIENT6, VIP6, 255)
+                .icmpv6(t)
+                .write(&mut ns, &VIP6)
+                .unwrap();
+            let (out, _, buf) = run_in(&ns, ROOM, &ctx(&w));
+            assert_eq!(out, Outcome::TO_HOST);
+            assert_eq!(buf, untouched(&ns, ROOM));
+        }
+        // An echo request is the service's, not the host's.
+        let mut ping = Vec::new();
+        etherparse::PacketBuilder::ethernet2(CLIENT_MAC, MAC.0)
+            .ipv6(CLIENT6, VIP6, 64)
+            .icmpv6_echo_request(1, 1)
+            .write(&mut ping, b"ping")
+            .unwrap();
+        assert_eq!(run_in(&ping, ROOM, &ctx(&w)).0.verdict, Verdict::Forward);
+    }
+
+    #[test]
+    fn plain_ip_to_an_address_that_is_not_announced_goes_to_the_host() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut other6 = VIP6;
+        other6[15] = 0x11;
+        for frame in [
+            plain(&packet4([192, 0, 2, 2], true, 40000, 0)),
+            plain(&packet4(NODE, true, 40000, 0)),
+            plain(&packet6(other6, 40000, 0)),
+        ] {
+            let (out, _, buf) = run_in(&frame, ROOM, &ctx(&w));
+            assert_eq!(out, Outcome::TO_HOST);
+            assert_eq!(buf, untouched(&frame, ROOM));
+        }
+    }
+
+    #[test]
+    fn gre_to_a_local_address_is_readdressed_in_place_not_encapsulated() {
+        let w = world(&["10.1.0.1"]);
+        let input = gre_frame(64);
+        let mut exact = input.clone();
+        let want = process(&mut exact, &ctx(&w));
+        let (out, frame, buf) = run_in(&input, ROOM, &ctx(&w));
+        assert_eq!(out, want);
+        assert_eq!(out.verdict, Verdict::Forward);
+        assert_eq!(frame, exact);
+        assert!(buf[input.len()..].iter().all(|&b| b == SPARE));
+    }
+
+    #[test]
+    fn a_tagged_plain_frame_keeps_its_tag() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut c = ctx(&w);
+        c.vlan = Some(100);
+        let backend: IpAddr = "10.1.0.1".parse().unwrap();
+        let packet = packet4(VIP4, true, 40000, 0);
+        let frame = ethernet(CLIENT_MAC, MAC.0, Some((100, 5)), &packet);
+        let (out, f, _) = run_in(&frame, ROOM, &c);
+        assert_eq!(out, Outcome::of(Verdict::Forward, Some(backend)));
+        assert_eq!(f, encapsulated(&packet, backend, Some((100, 5)), 0));
+        // Untagged on a tagged node: not ours.
+        assert_eq!(run_in(&plain(&packet), ROOM, &c).0, Outcome::TO_HOST);
+    }
+
+    #[test]
+    fn a_plain_frame_whose_backend_has_no_neighbour_names_it_and_is_left_alone() {
+        let mut w = world(&["10.1.0.1"]);
+        w.neighbours = neighbours::Static::new(Vec::new(), None);
+        let frame = plain(&packet4(VIP4, true, 40000, 0));
+        let (out, _, buf) = run_in(&frame, ROOM, &ctx(&w));
+        assert_eq!(
+            out,
+            Outcome::of(
+                Verdict::Drop(DropReason::NoNeighbour),
+                Some("10.1.0.1".parse().unwrap())
+            )
+        );
+        assert_eq!(buf, untouched(&frame, ROOM));
+    }
+
+    #[test]
+    fn a_plain_frame_without_a_primary_address_of_its_family_has_no_backend() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut c = ctx(&w);
+        c.primary_v4 = None;
+        let frame = plain(&packet4(VIP4, true, 40000, 0));
+        let (out, _, buf) = run_in(&frame, ROOM, &c);
+        assert_eq!(out, Outcome::of(Verdict::Drop(DropReason::NoBackend), None));
+        assert_eq!(buf, untouched(&frame, ROOM));
+        // The other family still has its primary.
+        let frame = plain(&packet6(VIP6, 40000, 0));
+        assert_eq!(run_in(&frame, ROOM, &c).0.verdict, Verdict::Forward);
+    }
+
+    #[test]
+    fn a_malformed_plain_packet_gets_the_inner_packets_drop_reason() {
+        let w = world(&["10.1.0.1"]);
+        let mut tcp = packet4(VIP4, true, 40000, 0);
+        tcp.truncate(20 + 12);
+        let mut h = etherparse::Ipv4HeaderSlice::from_slice(&tcp)
+            .unwrap()
+            .to_header();
+        h.set_payload_len(12).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        tcp[..20].copy_from_slice(&h.to_bytes());
+        let frame = plain(&tcp);
+        let (out, _, buf) = run_in(&frame, ROOM, &ctx(&w));
+        assert_eq!(out.verdict, Verdict::Drop(DropReason::MalformedInner));
+        assert_eq!(buf, untouched(&frame, ROOM));
+        let (gre, _, _) = run_in(&in_gre(&tcp, false), ROOM, &ctx(&w));
+        assert_eq!(gre.verdict, out.verdict);
+    }
+
     proptest! {
         /// Corrupt any bytes of a valid frame: no panic, an unforwarded
         /// frame is untouched, a forwarded one keeps GRE and inner bytes and
@@ -806,6 +1551,60 @@ mod tests {
                 prop_assert_eq!(ip.verify_checksum(), was_valid);
             } else {
                 prop_assert_eq!(f, input);
+            }
+        }
+
+        /// The same for plain frames to a VIP through `process_in`, with
+        /// any spare room: an unforwarded buffer is untouched, spare room
+        /// included; an encapsulated frame carries the packet unchanged
+        /// behind a valid outer header, and nothing past it changes.
+        #[test]
+        fn mutated_plain_frames_to_a_vip_never_panic_and_only_forwards_change_bytes(
+            v6 in any::<bool>(),
+            edits in proptest::collection::vec((0usize..100, any::<u8>()), 0..4),
+            cut in 0usize..120,
+            room in 0usize..80,
+            track in any::<bool>(),
+        ) {
+            let mut w = v4_and_v6(&["10.1.0.1", "10.1.0.2"]);
+            let flows = conntrack::Table::new(64, 60);
+            if track {
+                w.tables = tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1)]);
+            }
+            let mut input = plain(&if v6 {
+                packet6(VIP6, 40000, 0)
+            } else {
+                packet4(VIP4, true, 40000, 0)
+            });
+            for (at, v) in edits {
+                if let Some(b) = input.get_mut(at) {
+                    *b = v;
+                }
+            }
+            input.truncate(cut.max(1));
+            let mut c = ctx(&w);
+            c.flows = track.then_some(&flows);
+            let (out, f, buf) = run_in(&input, room, &c);
+            if out.verdict != Verdict::Forward {
+                prop_assert_eq!(buf, untouched(&input, room));
+                return Ok(());
+            }
+            let end = f.len().max(input.len());
+            prop_assert!(buf[end..].iter().all(|&b| b == SPARE));
+            let l3 = if f[12..14] == [0x81, 0x00] { 18 } else { 14 };
+            let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+            let added = match p.net {
+                Some(etherparse::NetSlice::Ipv4(ip)) => {
+                    let h = ip.header().to_header();
+                    prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
+                    24
+                }
+                Some(etherparse::NetSlice::Ipv6(_)) => 44,
+                _ => return Err(TestCaseError::fail("forwarded neither IPv4 nor IPv6")),
+            };
+            if f.len() != input.len() {
+                let len = f.len() - l3 - added;
+                prop_assert_eq!(&f[l3 + added..], &input[l3..l3 + len]);
             }
         }
     }

@@ -1,13 +1,13 @@
 //! The per-core busy-poll loop, generic over the packet I/O backend.
 //!
 //! A worker loads the current [`Snapshot`] once per batch (lock-free,
-//! through `arc-swap`), runs [`process`] on every frame of the batch and
+//! through `arc-swap`), runs [`process_in`] on every frame of the batch and
 //! lets the [`Port`] move each frame by its verdict. It publishes its
 //! counters after every batch. It never allocates, locks, logs or blocks,
 //! except that an adaptive worker with nothing to do sleeps in the port's
 //! `wait` until traffic returns.
 
-use super::{Context, Counters, DropReason, Verdict, conntrack, flow, neighbours, process};
+use super::{Context, Counters, DropReason, Verdict, conntrack, flow, neighbours, process_in};
 use crate::config::Idle;
 use crate::dataplane::Tables;
 use crate::wire::ethernet;
@@ -27,6 +27,13 @@ pub struct Snapshot {
     pub mac: ethernet::Address,
     pub local_v4: Vec<[u8; 4]>,
     pub local_v6: Vec<[u8; 16]>,
+    /// Announced VIPs this node holds.
+    pub vips_v4: Vec<[u8; 4]>,
+    pub vips_v6: Vec<[u8; 16]>,
+    /// The outer source for encapsulating plain IP to a VIP.
+    pub primary_v4: Option<[u8; 4]>,
+    pub primary_v6: Option<[u8; 16]>,
+    pub mtu: u16,
     pub vlan: Option<u16>,
     pub hasher: flow::Hasher,
 }
@@ -43,6 +50,11 @@ impl Snapshot {
             mac: self.mac,
             local_v4: &self.local_v4,
             local_v6: &self.local_v6,
+            vips_v4: &self.vips_v4,
+            vips_v6: &self.vips_v6,
+            primary_v4: self.primary_v4,
+            primary_v6: self.primary_v6,
+            mtu: self.mtu,
             vlan: self.vlan,
             hasher: &self.hasher,
             tables: &self.tables,
@@ -91,12 +103,18 @@ pub struct PortDrops {
 /// A packet I/O backend as the worker loop sees it.
 pub trait Port {
     /// Takes up to `max` received frames, asks `decide` for each verdict
-    /// (after which a `Forward` frame has been rewritten in place) and
-    /// queues it: `Forward` to transmit on the same device, `ToHost` to
-    /// the host stack, `Drop` back to the free frames. Also reaps
-    /// transmitted frames and refills the receive side. Returns how many
-    /// frames were taken.
-    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, decide: F) -> usize;
+    /// and queues it: `Forward` to transmit on the same device, `ToHost` to
+    /// the host stack, `Drop` back to the free frames. `decide` gets the
+    /// frame's whole buffer and its length, and returns the verdict and the
+    /// length after it rewrote the frame in place (a `Forward` frame may
+    /// have grown into the buffer's spare room). Also reaps transmitted
+    /// frames and refills the receive side. Returns how many frames were
+    /// taken.
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        max: usize,
+        decide: F,
+    ) -> usize;
 
     /// Sleeps until frames may have arrived or `timeout` has passed.
     fn wait(&mut self, timeout: Duration);
@@ -267,8 +285,8 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
         let ctx = snapshot.context(shared.flows.as_ref(), shared.now.load(Relaxed));
         let mut counters = Counters::default();
         let mut last_miss = None;
-        let n = port.poll(batch, |frame| {
-            let outcome = process(frame, &ctx);
+        let n = port.poll(batch, |buf, len| {
+            let (outcome, len) = process_in(buf, len, &ctx);
             counters.record(outcome.verdict);
             counters.record_track(outcome.track);
             if let (Verdict::Forward, Some(id)) = (outcome.verdict, outcome.id) {
@@ -284,7 +302,7 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
                 last_miss = Some(backend);
                 let _ = shared.misses.push(backend);
             }
-            outcome.verdict
+            (outcome.verdict, len)
         });
         stats.publish(&counters, port.take_drops());
         drop(snapshot);

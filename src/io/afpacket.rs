@@ -92,7 +92,11 @@ fn mmsghdr(iov: &mut libc::iovec) -> libc::mmsghdr {
 }
 
 impl Port for Socket {
-    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        max: usize,
+        mut decide: F,
+    ) -> usize {
         let max = max.min(MAX_BATCH);
         let mut iovs: [libc::iovec; MAX_BATCH] = std::array::from_fn(|_| libc::iovec {
             iov_base: std::ptr::null_mut(),
@@ -124,9 +128,10 @@ impl Port for Socket {
         });
         let mut forward = 0;
         for (i, buf) in self.bufs.iter_mut().enumerate().take(n) {
-            let frame = &mut buf[..lens[i].min(FRAME)];
-            if decide(frame) == Verdict::Forward {
-                out[forward] = iovec(frame);
+            // The whole buffer: an encapsulated frame grows into it.
+            let (verdict, len) = decide(buf, lens[i].min(FRAME));
+            if verdict == Verdict::Forward {
+                out[forward] = iovec(&mut buf[..len.min(FRAME)]);
                 forward += 1;
             }
         }

@@ -1,9 +1,10 @@
 //! The AF_XDP port: one socket, its own UMEM, bound to one RX queue.
 //!
 //! Frames move without copies: RX descriptor → `decide` (rewrites in the
-//! UMEM) → TX ring for `Forward`, or back to the free list. Transmitted
-//! frames come back through the completion ring and are reused for the
-//! fill ring. All descriptor storage is allocated up front.
+//! UMEM, growing into the rest of the frame's segment when it
+//! encapsulates) → TX ring for `Forward`, or back to the free list.
+//! Transmitted frames come back through the completion ring and are reused
+//! for the fill ring. All descriptor storage is allocated up front.
 
 use super::tap::Tap;
 use crate::dataplane::Verdict;
@@ -259,7 +260,11 @@ impl Socket {
 
 impl Port for Socket {
     #[inline]
-    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        max: usize,
+        mut decide: F,
+    ) -> usize {
         self.recycle();
         // Take no more than the TX ring can hold: frames left on the RX
         // ring wait there (the kernel counts it if that overflows)
@@ -285,10 +290,22 @@ impl Port for Socket {
             // is done with the frame and nothing else refers to it until
             // we put it on a ring again below.
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            let frame = data.contents_mut();
-            match decide(frame) {
+            let len = data.contents().len();
+            // The contents run to the cursor: at the segment's end, they
+            // are the whole segment, spare room included.
+            let room = {
+                let mut cursor = data.cursor();
+                let room = cursor.buf_len();
+                cursor.set_pos(room);
+                room
+            };
+            let (verdict, len) = decide(data.contents_mut(), len);
+            // Back to the frame's length, which the TX descriptor carries.
+            data.cursor().set_pos(len.min(room));
+            match verdict {
                 Verdict::Forward => self.tx_batch.push(desc),
                 Verdict::ToHost => {
+                    let frame = data.contents();
                     let sent = self.host.as_mut().is_some_and(|h| h.send(frame));
                     if !sent {
                         self.drops.host_failed += 1;

@@ -147,6 +147,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         bytes::set(self.buffer.as_mut(), field::SRC.start, addr.0);
     }
 
+    /// Sets the payload's ethertype: the tag's inner one on a tagged frame.
+    #[inline]
+    pub fn set_ethertype(&mut self, value: u16) {
+        let at = if self.is_tagged() {
+            field::VLAN_ETHERTYPE.start
+        } else {
+            field::ETHERTYPE.start
+        };
+        bytes::set_u16(self.buffer.as_mut(), at, value);
+    }
+
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
@@ -285,6 +296,22 @@ mod tests {
         f.set_src(Address([8; 6]));
         assert_eq!(&b[..12], &[9, 9, 9, 9, 9, 9, 8, 8, 8, 8, 8, 8]);
         assert_eq!(&b[12..], &UNTAGGED[12..]);
+    }
+
+    #[test]
+    fn set_ethertype_writes_the_tags_inner_type_on_a_tagged_frame() {
+        let mut b = TAGGED;
+        Frame::new_checked(&mut b[..])
+            .unwrap()
+            .set_ethertype(ethertype::IPV4);
+        assert_eq!(&b[12..18], &[0x81, 0x00, 0x20, 0x64, 0x08, 0x00]);
+        assert_eq!(b[18..], TAGGED[18..]);
+        let mut b = UNTAGGED;
+        Frame::new_checked(&mut b[..])
+            .unwrap()
+            .set_ethertype(ethertype::IPV6);
+        assert_eq!(&b[12..14], &[0x86, 0xdd]);
+        assert_eq!(b[14..], UNTAGGED[14..]);
     }
 
     #[test]

@@ -35,8 +35,11 @@ pub mod v6 {
     pub const PARAMETER_PROBLEM: u8 = 4;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
+    /// Neighbour Discovery (RFC 4861) runs from here to REDIRECT.
+    pub const ROUTER_SOLICIT: u8 = 133;
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     pub const NEIGHBOR_ADVERT: u8 = 136;
+    pub const REDIRECT: u8 = 137;
 }
 
 #[derive(Debug, Clone)]

@@ -279,13 +279,19 @@ impl Repr {
     /// Writes a 20-byte header with DF set and a valid checksum at the start
     /// of `buf`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<()> {
+        self.emit_with_dscp_ecn(buf, 0)
+    }
+
+    /// `emit` with the DSCP/ECN byte set, e.g. copied from an encapsulated
+    /// packet.
+    pub fn emit_with_dscp_ecn(&self, buf: &mut [u8], dscp_ecn: u8) -> Result<()> {
         let total = HEADER_LEN + self.payload_len;
         let total = u16::try_from(total).map_err(|_| Error::Malformed)?;
         if buf.len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
         bytes::set_u8(buf, field::VER_IHL, 0x45);
-        bytes::set_u8(buf, field::DSCP_ECN, 0);
+        bytes::set_u8(buf, field::DSCP_ECN, dscp_ecn);
         bytes::set_u16(buf, field::LENGTH.start, total);
         bytes::set_u16(buf, field::IDENT.start, 0);
         bytes::set_u16(buf, field::FLAGS_FRAG.start, FLAG_DF);
@@ -399,6 +405,23 @@ mod tests {
         assert!(p.verify_checksum());
         assert_eq!(Repr::parse(&p), repr);
         assert_eq!(repr.emit(&mut [0u8; 19]), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn repr_emits_dscp_ecn_under_its_checksum() {
+        let repr = Repr {
+            src: Ipv4Addr::new(192, 0, 2, 1),
+            dst: Ipv4Addr::new(198, 51, 100, 7),
+            protocol: 47,
+            payload_len: 8,
+            ttl: 64,
+        };
+        let mut b = [0u8; 28];
+        repr.emit_with_dscp_ecn(&mut b, 0xb9).unwrap();
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.dscp_ecn(), 0xb9);
+        assert!(p.verify_checksum());
+        assert!(p.dont_frag());
     }
 
     proptest! {

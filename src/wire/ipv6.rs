@@ -232,11 +232,17 @@ impl Repr {
     }
 
     pub fn emit(&self, buf: &mut [u8]) -> Result<()> {
+        self.emit_with_flow(buf, 0, 0)
+    }
+
+    /// `emit` with a traffic class and the low 20 bits of `flow_label`.
+    pub fn emit_with_flow(&self, buf: &mut [u8], traffic_class: u8, flow_label: u32) -> Result<()> {
         let payload_len = u16::try_from(self.payload_len).map_err(|_| Error::Malformed)?;
         if buf.len() < HEADER_LEN {
             return Err(Error::Truncated);
         }
-        bytes::set_u32(buf, field::VER_TC_FLOW.start, 6 << 28);
+        let first = 6 << 28 | u32::from(traffic_class) << 20 | flow_label & 0x000f_ffff;
+        bytes::set_u32(buf, field::VER_TC_FLOW.start, first);
         bytes::set_u16(buf, field::PAYLOAD_LEN.start, payload_len);
         bytes::set_u8(buf, field::NEXT_HEADER, self.next_header);
         bytes::set_u8(buf, field::HOP_LIMIT, self.hop_limit);
@@ -286,6 +292,23 @@ mod tests {
                 fragment: false
             })
         );
+    }
+
+    #[test]
+    fn repr_emits_traffic_class_and_flow_label() {
+        let repr = Repr {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: "2001:db8::2".parse().unwrap(),
+            next_header: ip_proto::GRE,
+            payload_len: 0,
+            hop_limit: 64,
+        };
+        let mut b = [0u8; HEADER_LEN];
+        repr.emit_with_flow(&mut b, 0xb8, 0xfff1_2345).unwrap();
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!((p.version(), p.traffic_class()), (6, 0xb8));
+        assert_eq!(p.flow_label(), 0x1_2345);
+        assert_eq!(Repr::parse(&p), repr);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the `pipeline` fuzz target into seeds/.
 
-Each input is one selector byte (bit 0: node on VLAN 100) and a frame:
-GRE to the fuzz target's node addresses with varied GRE options and inner
-packets, so the fuzzer starts past the "is this ours" checks.
+Each input is one selector byte (bit 0: node on VLAN 100; bit 1: spare
+room to encapsulate in) and a frame: GRE to the fuzz target's node
+addresses with varied GRE options and inner packets, or plain IP to its
+announced VIPs, so the fuzzer starts past the "is this ours" checks.
 """
 import os
 import struct
@@ -57,6 +58,9 @@ inner_icmp = ipv4([10, 0, 0, 9], [192, 0, 2, 12], 1, b"\x08\0\0\0\0\1\0\1")
 inner_frag = ipv4([10, 0, 0, 9], [192, 0, 2, 10], 6, tcp(40000, 80), flags=0x2000)
 inner6 = ipv6(CLIENT6, VIP6, 6, tcp(40000, 443))
 inner6_frag = ipv6(CLIENT6, VIP6, 44, bytes([6, 0, 0, 1, 0, 0, 0, 7]) + tcp(1, 2))
+inner6_udp = ipv6(CLIENT6, VIP6, 17, udp(40000, 53))
+# A neighbour solicitation for the VIP: the host's to answer.
+ns6 = ipv6(CLIENT6, VIP6, 58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) + bytes(VIP6), hlim=255)
 
 seeds = {
     "v4_tcp": (0, eth(ipv4(ROUTER, NODE4, 47, gre(0x0800, inner_tcp)), 0x0800)),
@@ -67,6 +71,11 @@ seeds = {
     "v4_inner6_frag": (0, eth(ipv4(ROUTER, NODE4, 47, gre(0x86DD, inner6_frag)), 0x0800)),
     "v6_outer": (0, eth(ipv6(CLIENT6, NODE6, 47, gre(0x86DD, inner6)), 0x86DD)),
     "vlan100": (1, eth(ipv4(ROUTER, NODE4, 47, gre(0x0800, inner_tcp)), 0x0800, vlan=100)),
+    "plain_v4_tcp": (2, eth(inner_tcp, 0x0800)),
+    "plain_v4_frag": (2, eth(inner_frag, 0x0800)),
+    "plain_v6_udp": (2, eth(inner6_udp, 0x86DD)),
+    "plain_v6_ns": (2, eth(ns6, 0x86DD)),
+    "plain_vlan100": (3, eth(inner_udp, 0x0800, vlan=100)),
 }
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")

@@ -1,5 +1,5 @@
 use super::*;
-use crate::dataplane::Service;
+use crate::dataplane::{Service, process};
 use crate::maglev::Backend;
 use etherparse::{IpNumber, PacketBuilder};
 use std::net::Ipv4Addr;
@@ -8,6 +8,10 @@ use std::sync::Mutex;
 const KEY: [u8; 16] = [3; 16];
 const NODE: [u8; 4] = [10, 9, 0, 1];
 const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// An announced VIP: the default set serves it.
+const VIP: [u8; 4] = [198, 51, 100, 7];
+/// The buffer a port hands `decide`: a frame and spare room.
+const ROOM: usize = 2048;
 
 /// A GRE frame to the node carrying UDP flow `i`, built with etherparse.
 fn frame(i: u32) -> Vec<u8> {
@@ -62,6 +66,11 @@ fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
         mac: ethernet::Address(NODE_MAC),
         local_v4: vec![NODE],
         local_v6: Vec::new(),
+        vips_v4: vec![VIP],
+        vips_v6: Vec::new(),
+        primary_v4: Some(NODE),
+        primary_v6: None,
+        mtu: 1500,
         vlan: None,
         hasher: flow::Hasher::new(&KEY),
     }
@@ -93,13 +102,20 @@ struct MemPort {
 }
 
 impl Port for MemPort {
-    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, max: usize, mut decide: F) -> usize {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        max: usize,
+        mut decide: F,
+    ) -> usize {
         let n = max.min((self.total - self.next) as usize);
         for _ in 0..n {
             let i = self.next % self.flows;
             self.next += 1;
             let mut f = frame(i);
-            match decide(&mut f) {
+            let len = f.len();
+            let (verdict, new_len) = decide(&mut f, len);
+            assert_eq!(new_len, len, "a GRE frame changed length");
+            match verdict {
                 Verdict::Forward => self.forwarded.push((i, f)),
                 Verdict::ToHost => self.to_host += 1,
                 Verdict::Drop(_) => self.dropped += 1,
@@ -253,13 +269,18 @@ struct IdlePort {
 }
 
 impl Port for IdlePort {
-    fn poll<F: FnMut(&mut [u8]) -> Verdict>(&mut self, _: usize, mut decide: F) -> usize {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        _: usize,
+        mut decide: F,
+    ) -> usize {
         if self.empty_polls > 0 {
             self.empty_polls -= 1;
             return 0;
         }
         let mut f = frame(1);
-        assert_eq!(decide(&mut f), Verdict::Forward);
+        let len = f.len();
+        assert_eq!(decide(&mut f, len), (Verdict::Forward, len));
         self.got = Some(f);
         self.shared.stop.store(true, Relaxed);
         1
@@ -296,4 +317,94 @@ fn adaptive_worker_sleeps_when_idle_and_spin_worker_never_does() {
             "{idle:?}: the frame after the idle spell was lost"
         );
     }
+}
+
+/// Plain UDP flow `i` from a client straight to the VIP, built with
+/// etherparse.
+fn plain(i: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], NODE_MAC)
+        .ipv4([192, 0, 2, (i % 250) as u8], VIP, 64)
+        .udp(1024 + (i % 60000) as u16, 443)
+        .write(&mut out, b"payload")
+        .unwrap();
+    out
+}
+
+/// A port that hands out plain frames to the VIP in buffers with spare
+/// room, and keeps what it would transmit: the first `len` bytes.
+struct GrowPort {
+    frames: u32,
+    sent: Vec<(u32, Vec<u8>)>,
+    shared: Arc<Shared>,
+}
+
+impl Port for GrowPort {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        _: usize,
+        mut decide: F,
+    ) -> usize {
+        for i in 0..self.frames {
+            let mut buf = plain(i);
+            let len = buf.len();
+            buf.resize(ROOM, 0xee);
+            let (verdict, len) = decide(&mut buf, len);
+            assert_eq!(verdict, Verdict::Forward, "flow {i}");
+            buf.truncate(len);
+            self.sent.push((i, buf));
+        }
+        self.shared.stop.store(true, Relaxed);
+        self.frames as usize
+    }
+
+    fn wait(&mut self, _: Duration) {}
+
+    fn take_drops(&mut self) -> PortDrops {
+        PortDrops::default()
+    }
+}
+
+#[test]
+fn a_port_with_room_transmits_plain_frames_encapsulated_at_their_grown_length() {
+    let snapshot = snapshot(1, &["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+    let want: Vec<Ipv4Addr> = (0..64)
+        .map(|i| {
+            let mut buf = plain(i);
+            let len = buf.len();
+            buf.resize(ROOM, 0);
+            match process_in(&mut buf, len, &snapshot.context(None, 0))
+                .0
+                .backend
+            {
+                Some(IpAddr::V4(a)) => a,
+                other => panic!("flow {i}: {other:?}"),
+            }
+        })
+        .collect();
+    let shared = Arc::new(Shared::new(snapshot, None));
+    let mut port = GrowPort {
+        frames: 64,
+        sent: Vec::new(),
+        shared: Arc::clone(&shared),
+    };
+    let stats = Stats::default();
+    run(&mut port, &shared, &stats, settings());
+    assert_eq!(port.sent.len(), 64);
+    for (i, f) in &port.sent {
+        let input = plain(*i);
+        // Ethernet, then IPv4 and a 4-byte GRE header, then the packet.
+        assert_eq!(f.len(), input.len() + 24, "flow {i}");
+        let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!("flow {i}: no outer IPv4");
+        };
+        let h = ip.header();
+        assert_eq!(h.source(), NODE, "flow {i}");
+        assert_eq!(h.destination_addr(), want[*i as usize], "flow {i}");
+        assert_eq!(h.protocol(), IpNumber::GRE);
+        assert_eq!(&f[34..38], &[0, 0, 0x08, 0x00], "flow {i}: GRE header");
+        assert_eq!(&f[38..], &input[14..], "flow {i}: inner packet");
+    }
+    assert_eq!(stats.read().tx, 64);
 }

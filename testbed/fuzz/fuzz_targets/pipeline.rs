@@ -1,8 +1,13 @@
-//! Fuzzes `dataplane::process`, the pipeline entry point.
+//! Fuzzes `dataplane::process_in`, the pipeline entry point.
 //!
 //! Beyond "never panics" it checks what must hold for every input: a frame
-//! that is not forwarded is untouched, and a forwarded one keeps its length,
-//! its GRE header and inner packet, and a valid outer IPv4 checksum.
+//! that is not forwarded is untouched, spare room included; a forwarded
+//! one either keeps its length, its GRE header and inner packet, and a
+//! valid outer IPv4 checksum, or (plain IP to a VIP) grows by exactly an
+//! outer header and GRE, and carries its IP packet unchanged behind them.
+//!
+//! Selector byte: bit 0, the node is on VLAN 100; bit 1, the frame has 128
+//! bytes of spare room (else it goes through `process`, which has none).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -40,6 +45,10 @@ fn world() -> &'static World {
     })
 }
 
+const NODE6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ROOM: usize = 128;
+const SPARE: u8 = 0xee;
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, frame)) = data.split_first() else {
         return;
@@ -48,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
     let ctx = Context {
         mac: ethernet::Address([2, 0, 0, 0, 0, 1]),
         local_v4: &[[172, 16, 0, 1]],
-        local_v6: &[[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]],
+        local_v6: &[NODE6],
+        vips_v4: &[[192, 0, 2, 10], [192, 0, 2, 11]],
+        vips_v6: &[[0x20, 0x01, 0x0d, 0xb8, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a]],
+        primary_v4: Some([172, 16, 0, 1]),
+        primary_v6: Some(NODE6),
+        mtu: 1500,
         vlan: (selector & 1 == 1).then_some(100),
         hasher: &w.hasher,
         tables: &w.tables,
@@ -56,16 +70,35 @@ fuzz_target!(|data: &[u8]| {
         flows: None,
         now: 0,
     };
-    let mut out = frame.to_vec();
-    let outcome = dataplane::process(&mut out, &ctx);
-    assert_eq!(out.len(), frame.len());
+    let room = if selector & 2 == 2 { ROOM } else { 0 };
+    let mut buf = frame.to_vec();
+    buf.resize(frame.len() + room, SPARE);
+    let (outcome, len) = dataplane::process_in(&mut buf, frame.len(), &ctx);
     if outcome.verdict != Verdict::Forward {
-        assert_eq!(out, frame, "{outcome:?} changed the frame");
+        assert_eq!(len, frame.len());
+        assert_eq!(buf[..len], frame[..], "{outcome:?} changed the frame");
+        assert!(buf[len..].iter().all(|&b| b == SPARE), "{outcome:?} wrote past the frame");
         return;
     }
-    let eth = ethernet::Frame::new_checked(&out[..]).expect("forwarded a non-Ethernet frame");
+    assert!(buf[len.max(frame.len())..].iter().all(|&b| b == SPARE), "wrote past the frame");
+    let out = &buf[..len];
+    let eth = ethernet::Frame::new_checked(out).expect("forwarded a non-Ethernet frame");
     assert_eq!(eth.src(), ctx.mac);
     let l3 = eth.header_len();
+    if len != frame.len() {
+        // Encapsulated: outer header and GRE, then the packet as it came.
+        let added = if let Ok(ip) = ipv4::Packet::new_checked(&out[l3..]) {
+            assert!(ip.verify_checksum());
+            assert_eq!((ip.ttl(), ip.protocol(), ip.header_len()), (64, 47, 20));
+            24
+        } else {
+            let ip = ipv6::Packet::new_checked(&out[l3..]).expect("encapsulated in neither IPv4 nor IPv6");
+            assert_eq!((ip.hop_limit(), ip.next_header()), (64, 47));
+            44
+        };
+        assert_eq!(out[l3 + added..], frame[l3..len - added], "the packet changed");
+        return;
+    }
     if let Ok(ip) = ipv4::Packet::new_checked(&out[l3..]) {
         assert!(ip.verify_checksum() || !ipv4::Packet::new_checked(&frame[l3..]).unwrap().verify_checksum());
         let h = l3 + ip.header_len();
