@@ -71,7 +71,7 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const MAX_DEVICE_LEN: usize = 15;
 
 /// The variables this module knows, in the order they are documented.
-pub const VARIABLES: [&str; 22] = [
+pub const VARIABLES: [&str; 31] = [
     "RR_DEVICE",
     "RR_TARGET_IPS",
     "RR_VIPS",
@@ -94,6 +94,15 @@ pub const VARIABLES: [&str; 22] = [
     "RR_HEALTH_TIMEOUT",
     "RR_HEALTH_RISE",
     "RR_HEALTH_FALL",
+    "RR_ANNOUNCE",
+    "RR_ANNOUNCE_INTERVAL",
+    "RR_ANNOUNCE_JITTER",
+    "RR_ANNOUNCE_DELAY",
+    "RR_ANNOUNCE_COUNT",
+    "RR_ANNOUNCE_UNMANAGED",
+    "RR_WATCH",
+    "RR_WATCH_DELAY",
+    "RR_STATE_DIR",
 ];
 
 const PREFIX: &str = "RR_";
@@ -187,6 +196,41 @@ Configuration is read from these environment variables (an empty value counts as
 
   RR_HEALTH_FALL  Consecutive failing checks that take a backend out: 1..100.
                  Default: 3.
+
+  RR_ANNOUNCE    Addresses to add to RR_DEVICE and announce with gratuitous ARP
+                 (IPv4) and unsolicited neighbour advertisements (IPv6), as
+                 ';'-separated ADDR/PREFIX (ADDR alone means /32 or /128), at
+                 most 64. Plain IP to them is load-balanced like GRE'd traffic
+                 (their set in RR_VIPS, else RR_TARGET_IPS). Not with RR_VLAN.
+                 Example: RR_ANNOUNCE=\"192.168.77.100/24;fd00::100/64\"
+
+  RR_ANNOUNCE_INTERVAL  Seconds between announcements: 0.05..3600 (fractions
+                 allowed). Default: 1.
+
+  RR_ANNOUNCE_JITTER  Seconds of random jitter added to each interval: 0..3600.
+                 Default: 0.
+
+  RR_ANNOUNCE_DELAY  Seconds to wait before the first announcement: 0..86400.
+                 Default: 0.
+
+  RR_ANNOUNCE_COUNT  Stop announcing after this many announcements (the address
+                 stays until rusty_rail stops): 1..4294967295. Default: unset
+                 (announce until stopped).
+
+  RR_ANNOUNCE_UNMANAGED  1: the addresses are managed by someone else; announce
+                 them but never add or remove them. Default: 0.
+
+  RR_WATCH       What the loser of a conflict does (the lower MAC keeps an
+                 address): fail (remove it, exit 1), quit (remove it, exit 0),
+                 log (log it, keep announcing), standby (remove it, stay silent
+                 and take over once the holder is silent for 3 intervals), or no
+                 (no watcher at all). Default: fail.
+
+  RR_WATCH_DELAY  Seconds after the first announcement before conflicts are acted
+                 on: 0..86400. Default: 0.
+
+  RR_STATE_DIR   Where rusty_rail keeps the list of addresses it added, so that a
+                 restart after a crash removes them. Default: /run/rusty_rail.
 
 Log verbosity follows RUST_LOG (default: info).
 ";
@@ -343,10 +387,62 @@ pub struct Config {
     pub vlan: Option<u16>,
     /// How the forwarder runs: XDP mode, cores, batching, idling, stats.
     pub forwarder: Forwarder,
+    /// `RR_ANNOUNCE` and its settings; `None` when unset.
+    pub announce: Option<Announce>,
     /// Names of `RR_*` variables that are not in [`VARIABLES`], sorted;
     /// ignored, but reported by [`Config::warnings`].
     pub unknown_vars: Vec<String>,
 }
+
+/// The most addresses `RR_ANNOUNCE` may list.
+pub const MAX_ANNOUNCED: usize = 64;
+
+/// Addresses to announce (`RR_ANNOUNCE*`, `RR_WATCH*`, `RR_STATE_DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// `(address, prefix length)`, in the order given.
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub interval: std::time::Duration,
+    pub jitter: std::time::Duration,
+    pub delay: std::time::Duration,
+    /// `None`: announce until stopped.
+    pub count: Option<u32>,
+    /// `RR_ANNOUNCE_UNMANAGED=1`: never add or remove the addresses.
+    pub unmanaged: bool,
+    pub watch: Watch,
+    pub watch_delay: std::time::Duration,
+    pub state_dir: std::path::PathBuf,
+}
+
+/// `RR_WATCH`: what the loser of a conflict does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Remove the address and exit 1.
+    Fail,
+    /// Remove the address and exit 0.
+    Quit,
+    /// Log and carry on announcing.
+    Log,
+    /// Remove the address and wait silently to take it over.
+    Standby,
+    /// No watcher at all.
+    No,
+}
+
+impl Watch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Watch::Fail => "fail",
+            Watch::Quit => "quit",
+            Watch::Log => "log",
+            Watch::Standby => "standby",
+            Watch::No => "no",
+        }
+    }
+}
+
+/// `RR_STATE_DIR` when unset.
+pub const DEFAULT_STATE_DIR: &str = "/run/rusty_rail";
 
 /// `RR_XDP_MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,6 +545,15 @@ struct Raw {
     health_timeout: Option<String>,
     health_rise: Option<String>,
     health_fall: Option<String>,
+    announce: Option<String>,
+    announce_interval: Option<String>,
+    announce_jitter: Option<String>,
+    announce_delay: Option<String>,
+    announce_count: Option<String>,
+    announce_unmanaged: Option<String>,
+    watch: Option<String>,
+    watch_delay: Option<String>,
+    state_dir: Option<String>,
 }
 
 const EXPECT_TARGET_ENTRY: &str = "ADDR or ADDR*WEIGHT, separated by ';'";
@@ -543,7 +648,18 @@ impl Config {
             Some(value) => Some(parse_vlan(value)?),
         };
         let forwarder = parse_forwarder(&raw)?;
+        let announce = parse_announce(&raw)?;
+        if announce.is_some()
+            && let Some(id) = vlan
+        {
+            return Err(Error::BadValue {
+                var: "RR_VLAN",
+                value: id.to_string(),
+                expected: "RR_VLAN unset with RR_ANNOUNCE (addresses are announced untagged on RR_DEVICE)",
+            });
+        }
         let config = Config {
+            announce,
             forwarder,
             device,
             default_set,
@@ -613,6 +729,18 @@ impl Config {
                     self.table_size,
                     suggested_size(n)
                 ));
+            }
+        }
+        if let Some(announce) = &self.announce
+            && self.default_set.is_none()
+        {
+            for (addr, _) in &announce.addresses {
+                if !self.vips.iter().any(|v| v.addr == *addr) {
+                    warnings.push(format!(
+                        "RR_ANNOUNCE: {addr} has no set in RR_VIPS and RR_TARGET_IPS is unset: \
+                         plain IP to it is dropped as unknown_vip"
+                    ));
+                }
             }
         }
         for name in &self.unknown_vars {
@@ -1051,6 +1179,158 @@ fn parse_health(raw: &Raw) -> Result<Option<HealthCheck>, Error> {
         timeout,
         rise: count("RR_HEALTH_RISE", value(&raw.health_rise), 2)?,
         fall: count("RR_HEALTH_FALL", value(&raw.health_fall), 3)?,
+    }))
+}
+
+fn parse_announce(raw: &Raw) -> Result<Option<Announce>, Error> {
+    fn value(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|v| !v.is_empty())
+    }
+    let bad = |var, value: &str, expected| Error::BadValue {
+        var,
+        value: value.to_string(),
+        expected,
+    };
+    let seconds = |var, v: Option<&str>, min: f64, max: f64, default, expected| match v {
+        None => Ok(default),
+        Some(v) => parse_seconds(v)
+            .filter(|d| d.as_secs_f64() >= min && d.as_secs_f64() <= max)
+            .ok_or_else(|| bad(var, v, expected)),
+    };
+    let Some(list) = value(&raw.announce) else {
+        let others = [
+            ("RR_ANNOUNCE_INTERVAL", &raw.announce_interval),
+            ("RR_ANNOUNCE_JITTER", &raw.announce_jitter),
+            ("RR_ANNOUNCE_DELAY", &raw.announce_delay),
+            ("RR_ANNOUNCE_COUNT", &raw.announce_count),
+            ("RR_ANNOUNCE_UNMANAGED", &raw.announce_unmanaged),
+            ("RR_WATCH", &raw.watch),
+            ("RR_WATCH_DELAY", &raw.watch_delay),
+        ];
+        if let Some((var, v)) = others.iter().find_map(|(n, v)| Some((*n, value(v)?))) {
+            return Err(bad(var, v, "RR_ANNOUNCE to be set as well"));
+        }
+        return Ok(None);
+    };
+    let mut addresses: Vec<(IpAddr, u8)> = Vec::new();
+    for entry in list.split(';') {
+        let entry = entry.trim();
+        let expected = "';'-separated ADDR/PREFIX entries of unicast addresses, \
+                        e.g. RR_ANNOUNCE=\"192.168.77.100/24;fd00::100/64\"";
+        let (addr, prefix) = match entry.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (entry, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("RR_ANNOUNCE", list, expected))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => parse_decimal(p)
+                .filter(|n| (1..=u64::from(max)).contains(n))
+                .ok_or_else(|| bad("RR_ANNOUNCE", list, expected))? as u8,
+        };
+        let unicast = match addr {
+            IpAddr::V4(a) => {
+                !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+            }
+            IpAddr::V6(a) => {
+                !(a.is_unspecified() || a.is_loopback() || a.is_multicast())
+                    && (a.segments()[0] & 0xffc0) != 0xfe80
+            }
+        };
+        if !unicast {
+            return Err(bad(
+                "RR_ANNOUNCE",
+                list,
+                "unicast addresses (not loopback, multicast, broadcast, link-local or unspecified)",
+            ));
+        }
+        if addresses.iter().any(|(a, _)| *a == addr) {
+            return Err(bad("RR_ANNOUNCE", list, "each address once"));
+        }
+        addresses.push((addr, prefix));
+    }
+    if addresses.len() > MAX_ANNOUNCED {
+        return Err(bad("RR_ANNOUNCE", list, "at most 64 addresses"));
+    }
+    let interval = seconds(
+        "RR_ANNOUNCE_INTERVAL",
+        value(&raw.announce_interval),
+        0.05,
+        3600.0,
+        std::time::Duration::from_secs(1),
+        "seconds from 0.05 to 3600",
+    )?;
+    let jitter = seconds(
+        "RR_ANNOUNCE_JITTER",
+        value(&raw.announce_jitter),
+        0.0,
+        3600.0,
+        std::time::Duration::ZERO,
+        "seconds from 0 to 3600",
+    )?;
+    let delay = seconds(
+        "RR_ANNOUNCE_DELAY",
+        value(&raw.announce_delay),
+        0.0,
+        86_400.0,
+        std::time::Duration::ZERO,
+        "seconds from 0 to 86400",
+    )?;
+    let watch_delay = seconds(
+        "RR_WATCH_DELAY",
+        value(&raw.watch_delay),
+        0.0,
+        86_400.0,
+        std::time::Duration::ZERO,
+        "seconds from 0 to 86400",
+    )?;
+    let count = match value(&raw.announce_count) {
+        None => None,
+        Some(v) => Some(
+            parse_decimal(v)
+                .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "RR_ANNOUNCE_COUNT",
+                        v,
+                        "a count from 1 to 4294967295 (unset: announce until stopped)",
+                    )
+                })? as u32,
+        ),
+    };
+    let unmanaged = match value(&raw.announce_unmanaged) {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(v) => return Err(bad("RR_ANNOUNCE_UNMANAGED", v, "0 or 1")),
+    };
+    let watch = match value(&raw.watch) {
+        None | Some("fail") => Watch::Fail,
+        Some("quit") => Watch::Quit,
+        Some("log") => Watch::Log,
+        Some("standby") => Watch::Standby,
+        Some("no") => Watch::No,
+        Some(v) => return Err(bad("RR_WATCH", v, "fail, quit, log, standby or no")),
+    };
+    let state_dir = match value(&raw.state_dir) {
+        None => std::path::PathBuf::from(DEFAULT_STATE_DIR),
+        Some(v) if v.starts_with('/') && !v.chars().any(char::is_control) => {
+            std::path::PathBuf::from(v)
+        }
+        Some(v) => return Err(bad("RR_STATE_DIR", v, "an absolute directory path")),
+    };
+    Ok(Some(Announce {
+        addresses,
+        interval,
+        jitter,
+        delay,
+        count,
+        unmanaged,
+        watch,
+        watch_delay,
+        state_dir,
     }))
 }
 
@@ -1857,6 +2137,151 @@ mod tests {
             assert_message(&err, var, bad);
             assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
         }
+    }
+
+    #[test]
+    fn announce_settings_default_and_parse() {
+        let c = with_device(&[("RR_TARGET_IPS", "10.1.0.1")]).unwrap();
+        assert_eq!(c.announce, None);
+        let c = with_device(&[
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            (
+                "RR_ANNOUNCE",
+                "192.168.77.100/24; fd00::100/64;192.168.77.101",
+            ),
+        ])
+        .unwrap();
+        let a = c.announce.unwrap();
+        assert_eq!(
+            a.addresses,
+            vec![
+                (ip("192.168.77.100"), 24),
+                (ip("fd00::100"), 64),
+                (ip("192.168.77.101"), 32)
+            ]
+        );
+        assert_eq!(a.interval, std::time::Duration::from_secs(1));
+        assert_eq!((a.jitter, a.delay, a.watch_delay), Default::default());
+        assert_eq!((a.count, a.unmanaged, a.watch), (None, false, Watch::Fail));
+        assert_eq!(a.state_dir, std::path::PathBuf::from(DEFAULT_STATE_DIR));
+        let c = with_device(&[
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_ANNOUNCE", "2001:db8::7/128"),
+            ("RR_ANNOUNCE_INTERVAL", "0.25"),
+            ("RR_ANNOUNCE_JITTER", "0.1"),
+            ("RR_ANNOUNCE_DELAY", "2"),
+            ("RR_ANNOUNCE_COUNT", "3"),
+            ("RR_ANNOUNCE_UNMANAGED", "1"),
+            ("RR_WATCH", "standby"),
+            ("RR_WATCH_DELAY", "1.5"),
+            ("RR_STATE_DIR", "/tmp/rr"),
+        ])
+        .unwrap();
+        let a = c.announce.unwrap();
+        assert_eq!(a.interval, std::time::Duration::from_millis(250));
+        assert_eq!(a.jitter, std::time::Duration::from_millis(100));
+        assert_eq!(a.delay, std::time::Duration::from_secs(2));
+        assert_eq!(
+            (a.count, a.unmanaged, a.watch),
+            (Some(3), true, Watch::Standby)
+        );
+        assert_eq!(a.watch_delay, std::time::Duration::from_millis(1500));
+        assert_eq!(a.state_dir, std::path::PathBuf::from("/tmp/rr"));
+        for (word, watch) in [
+            ("fail", Watch::Fail),
+            ("quit", Watch::Quit),
+            ("log", Watch::Log),
+            ("no", Watch::No),
+        ] {
+            let c = with_device(&[
+                ("RR_TARGET_IPS", "10.1.0.1"),
+                ("RR_ANNOUNCE", "10.9.0.1"),
+                ("RR_WATCH", word),
+            ])
+            .unwrap();
+            assert_eq!(c.announce.unwrap().watch, watch);
+            assert_eq!(watch.name(), word);
+        }
+    }
+
+    #[test]
+    fn bad_announce_values_are_one_line_errors_naming_the_variable() {
+        for (var, bad) in [
+            ("RR_ANNOUNCE", "192.168.77.100/33"),
+            ("RR_ANNOUNCE", "fd00::1/0"),
+            ("RR_ANNOUNCE", "192.168.77.100/24;"),
+            ("RR_ANNOUNCE", "host.example"),
+            ("RR_ANNOUNCE", "10.0.0.1;10.0.0.1/24"),
+            ("RR_ANNOUNCE", "127.0.0.1"),
+            ("RR_ANNOUNCE", "224.0.0.1"),
+            ("RR_ANNOUNCE", "fe80::1/64"),
+            ("RR_ANNOUNCE", "0.0.0.0"),
+            ("RR_ANNOUNCE_INTERVAL", "0"),
+            ("RR_ANNOUNCE_INTERVAL", "3601"),
+            ("RR_ANNOUNCE_JITTER", "-1"),
+            ("RR_ANNOUNCE_DELAY", "1e3"),
+            ("RR_ANNOUNCE_COUNT", "0"),
+            ("RR_ANNOUNCE_COUNT", "4294967296"),
+            ("RR_ANNOUNCE_UNMANAGED", "yes"),
+            ("RR_WATCH", "exit"),
+            ("RR_WATCH_DELAY", "x"),
+            ("RR_STATE_DIR", "run/rr"),
+        ] {
+            let mut vars = vec![("RR_TARGET_IPS", "10.0.0.1"), (var, bad)];
+            if var != "RR_ANNOUNCE" {
+                vars.push(("RR_ANNOUNCE", "10.9.0.1/24"));
+            }
+            let err = with_device(&vars).unwrap_err();
+            assert_message(&err, var, bad);
+            assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+        }
+        let many: Vec<String> = (1..=65).map(|i| format!("10.9.0.{i}")).collect();
+        let many = many.join(";");
+        let err =
+            with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_ANNOUNCE", &many)]).unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
+    }
+
+    #[test]
+    fn announce_settings_without_rr_announce_or_with_a_vlan_are_errors() {
+        let err = with_device(&[("RR_TARGET_IPS", "10.1.0.1"), ("RR_WATCH", "standby")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("RR_WATCH=\"standby\"") && err.contains("RR_ANNOUNCE"),
+            "{err}"
+        );
+        let err = with_device(&[
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_ANNOUNCE", "10.9.0.1"),
+            ("RR_VLAN", "100"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("RR_VLAN=\"100\"") && err.contains("untagged"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_announced_address_with_no_set_is_a_warning() {
+        let c = with_device(&[
+            ("RR_VIPS", "10.9.0.1=10.1.0.1"),
+            ("RR_ANNOUNCE", "10.9.0.1;10.9.0.2"),
+        ])
+        .unwrap();
+        let warnings = c.warnings();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("10.9.0.2") && w.contains("unknown_vip")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("10.9.0.1 has")),
+            "{warnings:?}"
+        );
     }
 
     proptest! {
