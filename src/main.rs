@@ -1,5 +1,6 @@
 //! The `rusty_rail` binary: reads the `RR_*` environment, checks the
-//! device, builds every Maglev table and forwards until SIGINT or SIGTERM.
+//! device, builds every Maglev table and forwards until SIGINT, SIGTERM or
+//! SIGHUP. Every line it logs is one JSON object, fatal errors included.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use rusty_rail::config::{self, Config};
 use rusty_rail::control::forwarder;
 use rusty_rail::{control, io, maglev};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -25,10 +26,10 @@ Options:
 /// How `run` ends when it does not forward: the process exit code and,
 /// for configuration mistakes, the one line to print.
 enum Failure {
-    /// A configuration mistake: printed as `rusty_rail: <line>`, exit 2.
+    /// A configuration mistake: logged as a fatal error, exit 2.
     Config(String),
-    /// The forwarder could not start: printed as `rusty_rail: <line>`,
-    /// with this exit status.
+    /// The forwarder could not start: logged as a fatal error, with this
+    /// exit status.
     Start(String, u8),
 }
 
@@ -41,22 +42,42 @@ fn main() -> ExitCode {
         }
         Ok(None) => {}
         Err(line) => {
-            eprintln!("rusty_rail: {line}");
+            fatal(&line);
             return ExitCode::from(2);
         }
     }
     init_logging();
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(Failure::Config(line)) => {
-            eprintln!("rusty_rail: {line}");
+            fatal(&line);
             ExitCode::from(2)
         }
         Err(Failure::Start(line, code)) => {
-            eprintln!("rusty_rail: {line}");
+            fatal(&line);
             ExitCode::from(code)
         }
     }
+}
+
+/// One log line: `{"ts":"…","level":"INFO","msg":"…"}`, plus
+/// `"fatal":true` for the error that ends the process.
+fn json_line(level: log::Level, msg: &str, fatal: bool) -> String {
+    let ts = format!("{:.3}", jiff::Timestamp::now());
+    let mut line = serde_json::json!({"ts": ts, "level": level.as_str(), "msg": msg});
+    if fatal {
+        line["fatal"] = serde_json::Value::Bool(true);
+    }
+    line.to_string()
+}
+
+fn fatal(msg: &str) {
+    // A closed stderr leaves nothing else to tell.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{}",
+        json_line(log::Level::Error, msg, true)
+    );
 }
 
 /// `Ok(Some(text))` for `--help`/`--version` (print it, exit 0),
@@ -73,16 +94,18 @@ fn command_line() -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// Plain `LEVEL message` lines on stderr; `info` unless `RUST_LOG` says
-/// otherwise.
+/// JSON lines on stderr; `info` unless `RUST_LOG` says otherwise.
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
-        .format(|buf, record| writeln!(buf, "{:<5} {}", record.level(), record.args()))
+        .format(|buf, record| {
+            let msg = record.args().to_string();
+            writeln!(buf, "{}", json_line(record.level(), &msg, false))
+        })
         .init();
 }
 
-fn run() -> Result<(), Failure> {
+fn run() -> Result<u8, Failure> {
     let config = Config::from_env().map_err(|e| Failure::Config(e.to_string()))?;
     for warning in config.warnings() {
         log::warn!("{warning}");
@@ -108,7 +131,7 @@ fn run() -> Result<(), Failure> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM] {
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::Start(format!("cannot handle signal {signal}: {e}"), 1))?;
     }

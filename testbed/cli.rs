@@ -44,23 +44,47 @@ fn run_unprivileged(env: &[(&str, &str)]) -> Output {
         .expect("the binary runs")
 }
 
-fn stderr_lines(out: &Output) -> Vec<String> {
+/// Every stderr line, each of which must be one JSON object with a
+/// level and a message.
+fn log_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
-        .map(str::to_string)
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            assert!(v["level"].is_string() && v["msg"].is_string(), "{l}");
+            v
+        })
         .collect()
 }
 
-/// Exit status 2 and exactly one stderr line, starting `rusty_rail: ` and
-/// containing every `needle`.
+/// The messages of the log lines at `level`.
+fn messages(lines: &[serde_json::Value], level: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|v| v["level"] == level)
+        .map(|v| v["msg"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The last line must be the fatal error: its message.
+fn fatal(lines: &[serde_json::Value]) -> String {
+    let last = lines.last().expect("a fatal error line");
+    assert_eq!(last["fatal"], true, "{lines:?}");
+    assert_eq!(last["level"], "ERROR", "{lines:?}");
+    last["msg"].as_str().unwrap_or_default().to_string()
+}
+
+/// Exit status 2 and exactly one stderr line, the fatal error, whose
+/// message contains every `needle`.
 fn assert_config_error(env: &[(&str, &str)], needles: &[&str]) {
     let out = run(&[], env);
-    let lines = stderr_lines(&out);
+    let lines = log_lines(&out);
     assert_eq!(out.status.code(), Some(2), "{env:?}: {lines:?}");
     assert_eq!(lines.len(), 1, "{env:?}: {lines:?}");
-    assert!(lines[0].starts_with("rusty_rail: "), "{lines:?}");
+    let msg = fatal(&lines);
     for n in needles {
-        assert!(lines[0].contains(n), "{env:?}: {:?} lacks {n:?}", lines[0]);
+        assert!(msg.contains(n), "{env:?}: {msg:?} lacks {n:?}");
     }
 }
 
@@ -91,10 +115,9 @@ fn help_and_version_work_with_no_environment() {
 fn unknown_argument_is_one_line_and_status_2() {
     let out = run(&["--bogus"], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr_lines(&out),
-        ["rusty_rail: unknown argument \"--bogus\" (try --help)"]
-    );
+    let lines = log_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(fatal(&lines), "unknown argument \"--bogus\" (try --help)");
 }
 
 #[test]
@@ -129,6 +152,23 @@ fn bad_configuration_is_one_line_naming_variable_and_value() {
         ],
         &["RR_VLAN=\"4095\""],
     );
+    assert_config_error(
+        &[
+            ("RR_DEVICE", "lo"),
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_ANNOUNCE", "192.168.77.100/33"),
+        ],
+        &["RR_ANNOUNCE=\"192.168.77.100/33\"", "ADDR/PREFIX"],
+    );
+    assert_config_error(
+        &[
+            ("RR_DEVICE", "lo"),
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_ANNOUNCE", "192.168.77.100/24"),
+            ("RR_WATCH", "flap"),
+        ],
+        &["RR_WATCH=\"flap\"", "standby"],
+    );
 }
 
 #[test]
@@ -150,21 +190,22 @@ fn valid_configuration_without_privileges_builds_tables_then_fails_in_one_line()
         ("RR_TARGET_IPS", "10.1.0.1;10.1.0.2"),
         ("RR_HASH_KEY", KEY),
     ]);
-    let lines = stderr_lines(&out);
+    let lines = log_lines(&out);
     assert_eq!(out.status.code(), Some(1), "{lines:?}");
     assert!(
-        lines
+        messages(&lines, "INFO")
             .iter()
             .any(|l| l.contains("backend set default (IPv4): 2 backends in 65537 slots")),
         "{lines:?}"
     );
-    let last = lines.last().expect("an error line");
     assert!(
-        last.starts_with("rusty_rail: missing privileges: rusty_rail needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF"),
+        fatal(&lines).starts_with(
+            "missing privileges: rusty_rail needs root, or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF"
+        ),
         "{lines:?}"
     );
     assert!(
-        !lines.iter().any(|l| l.starts_with("WARN")),
+        messages(&lines, "WARN").is_empty(),
         "no warning expected with a key set: {lines:?}"
     );
 }
@@ -172,11 +213,12 @@ fn valid_configuration_without_privileges_builds_tables_then_fails_in_one_line()
 #[test]
 fn default_hash_key_is_warned_about() {
     let out = run_unprivileged(&[("RR_DEVICE", "lo"), ("RR_TARGET_IPS", "10.1.0.1")]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines = log_lines(&out);
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
     assert!(
-        err.lines()
-            .any(|l| l.starts_with("WARN") && l.contains("RR_HASH_KEY")),
-        "{err}"
+        messages(&lines, "WARN")
+            .iter()
+            .any(|l| l.contains("RR_HASH_KEY")),
+        "{lines:?}"
     );
 }

@@ -302,9 +302,13 @@ fn stop_leaves_the_device_clean_and_leftovers_are_cleared_or_refused() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let last = err.lines().last().unwrap_or_default();
+    let last: serde_json::Value =
+        serde_json::from_str(err.lines().last().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(last["fatal"], true, "{err}");
     assert!(
-        last.starts_with("rusty_rail: l0 already runs XDP program \"other_prog\""),
+        last["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("l0 already runs XDP program \"other_prog\"")),
         "{err}"
     );
     assert!(world.xdp_attached(0), "the foreign program was left alone");

@@ -32,14 +32,14 @@ const SWEEP_TICKS: usize = 200;
 /// What never changes while forwarding.
 pub struct Node {
     pub mac: ethernet::Address,
+    /// The device's own addresses (announced ones not included).
     pub v4: Vec<Ipv4Addr>,
     pub v6: Vec<Ipv6Addr>,
-    /// Announced VIPs held, and the outer source and MTU for encapsulating
-    /// plain IP to them (see `Snapshot`).
-    pub vips_v4: Vec<[u8; 4]>,
-    pub vips_v6: Vec<[u8; 16]>,
-    pub primary_v4: Option<[u8; 4]>,
-    pub primary_v6: Option<[u8; 16]>,
+    /// The outer source for plain IP to a held VIP: the device's primary
+    /// address of each family.
+    pub primary_v4: Option<Ipv4Addr>,
+    pub primary_v6: Option<Ipv6Addr>,
+    /// The device MTU: what an encapsulated packet must fit.
     pub mtu: u16,
     pub vlan: Option<u16>,
     pub hasher: flow::Hasher,
@@ -76,6 +76,8 @@ struct State {
     /// Per tracking id, the packets counted before its current backend
     /// got it (ids are reused), subtracted in /metrics.
     baselines: BTreeMap<u16, u64>,
+    /// Announced addresses held now.
+    held: Held,
 }
 
 impl State {
@@ -116,19 +118,34 @@ pub fn resolve(
     }
 }
 
+/// The announced addresses this node holds now (`RR_ANNOUNCE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
 impl Node {
     /// What the workers read: the tables, the next hops, and this node.
-    pub fn snapshot(&self, tables: &Arc<Tables>, resolution: &Resolution) -> Snapshot {
+    /// A held address takes GRE like the node's own, and its plain IP is
+    /// encapsulated.
+    pub fn snapshot(&self, tables: &Arc<Tables>, resolution: &Resolution, held: &Held) -> Snapshot {
+        let v4 = |list: &[Ipv4Addr]| list.iter().map(|a| a.octets()).collect::<Vec<_>>();
+        let v6 = |list: &[Ipv6Addr]| list.iter().map(|a| a.octets()).collect::<Vec<_>>();
+        let mut local_v4 = v4(&self.v4);
+        local_v4.extend(v4(&held.v4));
+        let mut local_v6 = v6(&self.v6);
+        local_v6.extend(v6(&held.v6));
         Snapshot {
             tables: Arc::clone(tables),
             neighbours: resolution.view(),
             mac: self.mac,
-            local_v4: self.v4.iter().map(|a| a.octets()).collect(),
-            local_v6: self.v6.iter().map(|a| a.octets()).collect(),
-            vips_v4: self.vips_v4.clone(),
-            vips_v6: self.vips_v6.clone(),
-            primary_v4: self.primary_v4,
-            primary_v6: self.primary_v6,
+            local_v4,
+            local_v6,
+            vips_v4: v4(&held.v4),
+            vips_v6: v6(&held.v6),
+            primary_v4: self.primary_v4.map(|a| a.octets()),
+            primary_v6: self.primary_v6.map(|a| a.octets()),
             mtu: self.mtu,
             vlan: self.vlan,
             hasher: self.hasher.clone(),
@@ -177,6 +194,7 @@ impl Controller {
                 monitor,
                 trackers,
                 baselines: BTreeMap::new(),
+                held: Held::default(),
             }),
             liveness: Mutex::new(liveness),
             sweep: Mutex::new((0, 0)),
@@ -195,9 +213,11 @@ impl Controller {
     }
 
     fn publish(&self, s: &State) {
-        self.shared
-            .snapshot
-            .store(Arc::new(self.node.snapshot(&s.tables, &s.resolution)));
+        self.shared.snapshot.store(Arc::new(self.node.snapshot(
+            &s.tables,
+            &s.resolution,
+            &s.held,
+        )));
     }
 
     /// A new table from the sets as they are now (after a health change).
@@ -339,6 +359,20 @@ impl Controller {
 
     /// Whether passive checks apply: only with active checks to bring a
     /// backend back.
+    /// The announced addresses held now.
+    pub fn held(&self) -> Held {
+        self.lock().held.clone()
+    }
+
+    /// Publishes a snapshot in which `held` are this node's too.
+    pub fn set_held(&self, held: Held) {
+        let mut s = self.lock();
+        if s.held != held {
+            s.held = held;
+            self.publish(&s);
+        }
+    }
+
     pub fn passive(&self) -> bool {
         self.node.health.is_some()
     }
@@ -522,8 +556,6 @@ mod tests {
             mac: ethernet::Address([2, 0, 0, 0, 0, 1]),
             v4: vec![Ipv4Addr::new(10, 0, 0, 1)],
             v6: Vec::new(),
-            vips_v4: Vec::new(),
-            vips_v6: Vec::new(),
             primary_v4: None,
             primary_v6: None,
             mtu: 1500,
@@ -537,7 +569,10 @@ mod tests {
             elsewhere: Vec::new(),
         };
         let tables = Arc::new(tables);
-        let shared = Arc::new(Shared::new(node.snapshot(&tables, &resolution), None));
+        let shared = Arc::new(Shared::new(
+            node.snapshot(&tables, &resolution, &Held::default()),
+            None,
+        ));
         let stats = Arc::new((0..workers).map(|_| Stats::default()).collect());
         // Index 1 is loopback: resolving reads the kernel's tables only.
         Controller::new(

@@ -1,13 +1,16 @@
 //! Starting, running and stopping the forwarder on one device.
 //!
-//! Start: check the device and privileges, clear a leftover program of
-//! ours, attach the XDP steering program, open one AF_XDP socket per RX
-//! queue and start one pinned worker per socket. Run: keep the next hops
-//! resolved and swap in a new snapshot when they change; log the counters.
-//! Stop: stop the workers, drain their TX rings, close the sockets and
-//! detach the program, so the device is left as it was found.
+//! Start: check the device and privileges, remove addresses a crashed run
+//! announced, clear a leftover program of ours, attach the XDP steering
+//! program, open one AF_XDP socket per RX queue, start one pinned worker
+//! per socket, then the announcer. Run: keep the next hops resolved and
+//! swap in a new snapshot when they change; log the counters. Stop: remove
+//! the announced addresses, stop the workers, drain their TX rings, close
+//! the sockets and detach the program, so the device is left as it was
+//! found.
 
-use super::controller::{self, Controller, Node};
+use super::announce::{self, Announcer};
+use super::controller::{self, Controller, Held, Node};
 use super::services::Services;
 use super::{api, health, neighbours, netlink, privileges};
 use crate::config::Config;
@@ -18,9 +21,9 @@ use crate::io::xdp::{self, Mode, Steering};
 use crate::io::xsk::{self, Socket};
 use crate::wire::ethernet;
 use std::io::Write as _;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why the forwarder could not start. Each is one line.
@@ -67,6 +70,8 @@ pub enum Error {
     Socket(#[from] xsk::Error),
     #[error(transparent)]
     Api(#[from] api::Error),
+    #[error(transparent)]
+    Announce(#[from] announce::Error),
     #[error("cannot start worker {queue}: {message}")]
     Worker { queue: u32, message: String },
 }
@@ -86,21 +91,26 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long start-up waits for next hops to resolve.
 const START_RESOLVE: Duration = Duration::from_secs(1);
 
-/// Runs until `stop` is set (by SIGINT/SIGTERM), then cleans up.
-/// `tables` is the first table built from `services` (the caller logs it).
+/// Runs until `stop` is set (by a signal) or the announcer asks to exit,
+/// then cleans up; returns the exit status (0, or what `RR_WATCH` asked
+/// for). `tables` is the first table built from `services` (the caller
+/// logs it).
 pub fn run(
     config: &Config,
     services: Services,
     tables: Tables,
     stop: &AtomicBool,
-) -> Result<(), Error> {
-    let device = netlink::device(&config.device).map_err(|e| match e {
-        netlink::Error::NoSuchDevice(_) => Error::NoDevice(config.device.clone()),
-        source => Error::Netlink {
-            device: config.device.clone(),
-            source,
-        },
-    })?;
+) -> Result<u8, Error> {
+    let read_device = || {
+        netlink::device(&config.device).map_err(|e| match e {
+            netlink::Error::NoSuchDevice(_) => Error::NoDevice(config.device.clone()),
+            source => Error::Netlink {
+                device: config.device.clone(),
+                source,
+            },
+        })
+    };
+    let mut device = read_device()?;
     if let Ok(caps) = privileges::effective() {
         let missing = privileges::missing(caps);
         if !missing.is_empty() {
@@ -110,6 +120,20 @@ pub fn run(
         }
         warn_memlock(caps, config);
     }
+    let announced: Vec<IpAddr> = config
+        .announce
+        .iter()
+        .flat_map(|a| a.addresses.iter().map(|(addr, _)| *addr))
+        .collect();
+    if let Some(a) = &config.announce {
+        announce::prepare(a, &announce_device(&device))?;
+        // Stale addresses may be gone now.
+        device = read_device()?;
+    }
+    // Announced addresses are added to the snapshot while held, never
+    // before: the node's own are the rest.
+    device.v4.retain(|a| !announced.contains(&IpAddr::V4(*a)));
+    device.v6.retain(|a| !announced.contains(&IpAddr::V6(*a)));
     clear_leftover(&device)?;
     let longest = device
         .mtu
@@ -160,10 +184,9 @@ pub fn run(
         mac: ethernet::Address(device.mac),
         v4: device.v4.clone(),
         v6: device.v6.clone(),
-        vips_v4: Vec::new(),
-        vips_v6: Vec::new(),
-        primary_v4: device.v4.first().map(|a| a.octets()),
-        primary_v6: device.v6.first().map(|a| a.octets()),
+        // The kernel lists primary addresses first.
+        primary_v4: device.v4.first().copied(),
+        primary_v6: device.v6.first().copied(),
         mtu: u16::try_from(device.mtu).unwrap_or(u16::MAX),
         vlan: config.vlan,
         hasher: flow::Hasher::new(&config.hash_key),
@@ -211,7 +234,10 @@ pub fn run(
             config.forwarder.flow_timeout
         );
     }
-    let shared = Arc::new(Shared::new(node.snapshot(&tables, &resolution), flows));
+    let shared = Arc::new(Shared::new(
+        node.snapshot(&tables, &resolution, &Held::default()),
+        flows,
+    ));
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
     let control = Arc::new(Controller::new(
         node,
@@ -255,9 +281,36 @@ pub fn run(
         device.v4,
         device.v6
     );
+    let steering = Arc::new(Mutex::new(steering));
+    let announcer = match &config.announce {
+        Some(a) => {
+            let steer = Arc::new(Steer {
+                control: Arc::clone(&control),
+                steering: Arc::clone(&steering),
+                own_v4: device.v4.clone(),
+                own_v6: device.v6.clone(),
+            });
+            match Announcer::start(a, &announce_device(&device), steer) {
+                Ok(announcer) => Some(announcer),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    for handle in workers {
+                        let _ = handle.join();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     let mut last_stats = Instant::now();
     let mut kernel: Vec<xsk::Statistics>;
+    let mut exit = 0;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(code) = announcer.as_ref().and_then(Announcer::exit_code) {
+            exit = code;
+            break;
+        }
         std::thread::sleep(TICK);
         let unreachable: Vec<IpAddr> = passive
             .as_ref()
@@ -276,6 +329,10 @@ pub fn run(
         }
     }
 
+    // Addresses first: nothing may be left steered or on the device.
+    if let Some(announcer) = announcer {
+        announcer.stop();
+    }
     log::info!("stopping: draining {} worker(s)", workers.len());
     // No changes while stopping.
     drop(api);
@@ -296,7 +353,55 @@ pub fn run(
     drop(steering);
     drop(host);
     log::info!("stopped; {} left as it was found", device.name);
-    Ok(())
+    Ok(exit)
+}
+
+fn announce_device(device: &netlink::Device) -> announce::Device {
+    announce::Device {
+        name: device.name.clone(),
+        index: device.index,
+        mac: device.mac,
+    }
+}
+
+/// Points the data path and the XDP program at the held addresses.
+struct Steer {
+    control: Arc<Controller>,
+    steering: Arc<Mutex<Steering>>,
+    own_v4: Vec<Ipv4Addr>,
+    own_v6: Vec<Ipv6Addr>,
+}
+
+impl Steer {
+    fn program(&self, held: &Held) {
+        let mut local_v4 = self.own_v4.clone();
+        local_v4.extend(&held.v4);
+        let mut local_v6 = self.own_v6.clone();
+        local_v6.extend(&held.v6);
+        let mut steering = self.steering.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = steering.set_addresses(&local_v4, &local_v6, &held.v4, &held.v6) {
+            log::error!("cannot steer the announced addresses {held:?}: {e}");
+        }
+    }
+}
+
+impl announce::Steer for Steer {
+    /// Workers learn of an address before the XDP program sends them its
+    /// frames, and forget it only after the program has stopped.
+    fn held(&self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]) {
+        let old = self.control.held();
+        let new = Held {
+            v4: v4.to_vec(),
+            v6: v6.to_vec(),
+        };
+        let both = Held {
+            v4: old.v4.iter().filter(|a| v4.contains(a)).copied().collect(),
+            v6: old.v6.iter().filter(|a| v6.contains(a)).copied().collect(),
+        };
+        self.program(&both);
+        self.control.set_held(new.clone());
+        self.program(&new);
+    }
 }
 
 /// The passive health check: a thread reading ICMP errors about our GRE.

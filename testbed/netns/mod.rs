@@ -494,6 +494,30 @@ impl RawPort {
         }
         got
     }
+
+    /// Every frame that passes `filter` during `duration` (not counting
+    /// our own outgoing ones), however few.
+    pub fn capture(&mut self, duration: Duration, filter: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            match self.rx.next() {
+                Ok(frame) => {
+                    let outgoing = frame.len() >= 12 && frame[6..12] == self.mac;
+                    if !outgoing && filter(frame) {
+                        got.push(frame.to_vec());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => panic!("{}: receive: {e}", self.ifname),
+            }
+        }
+        got
+    }
 }
 
 /// Owns a spawned child: drains its stderr on a thread (so it can never

@@ -1,0 +1,154 @@
+//! The state file: which addresses this process added to its device, so
+//! that a restart after a crash or SIGKILL removes them before claiming.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// What the file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub pid: u32,
+    pub device: String,
+    /// `(address, prefix length)` as added.
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the state file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+/// `<RR_STATE_DIR>/<device>.json`.
+#[derive(Debug, Clone)]
+pub struct File {
+    path: PathBuf,
+}
+
+impl File {
+    pub fn new(dir: &Path, device: &str) -> File {
+        File {
+            path: dir.join(format!("{device}.json")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// None when there is no file.
+    pub fn read(&self) -> Result<Option<Saved>, Error> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::Read {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Read {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Replaces the file whole (write aside, then rename), so a crash
+    /// mid-write leaves the old list or the new one; an empty list
+    /// removes it.
+    pub fn write(&self, saved: &Saved) -> Result<(), Error> {
+        if saved.addresses.is_empty() {
+            self.remove();
+            return Ok(());
+        }
+        let err = |source| Error::Write {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        // Serialising plain data cannot fail.
+        let text = serde_json::to_string(saved).unwrap_or_default();
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// True when `pid` is a live process other than us running rusty_rail.
+pub fn other_rusty_rail(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end() == "rusty_rail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rr-state-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn written_state_reads_back_and_an_empty_list_removes_the_file() {
+        let d = dir("roundtrip");
+        let f = File::new(&d.join("sub"), "eth0");
+        assert!(f.read().unwrap().is_none());
+        let saved = Saved {
+            pid: 42,
+            device: "eth0".to_string(),
+            addresses: vec![
+                ("192.168.77.100".parse().unwrap(), 24),
+                ("fd00::100".parse().unwrap(), 64),
+            ],
+        };
+        f.write(&saved).unwrap();
+        assert_eq!(f.path(), d.join("sub/eth0.json"));
+        assert_eq!(f.read().unwrap(), Some(saved.clone()));
+        f.write(&Saved {
+            addresses: Vec::new(),
+            ..saved
+        })
+        .unwrap();
+        assert!(!f.path().exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_garbled_file_is_an_error_naming_it() {
+        let d = dir("garbled");
+        std::fs::create_dir_all(&d).unwrap();
+        let f = File::new(&d, "eth0");
+        std::fs::write(f.path(), "{not json").unwrap();
+        let err = f.read().unwrap_err().to_string();
+        assert!(err.contains("eth0.json") && !err.contains('\n'), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn we_and_dead_or_foreign_pids_are_not_another_rusty_rail() {
+        assert!(!other_rusty_rail(std::process::id()));
+        assert!(!other_rusty_rail(1));
+        assert!(!other_rusty_rail(u32::MAX));
+    }
+}
