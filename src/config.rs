@@ -210,8 +210,8 @@ Configuration is read from these environment variables (an empty value counts as
   RR_ANNOUNCE_JITTER  Seconds of random jitter added to each interval: 0..3600.
                  Default: 0.
 
-  RR_ANNOUNCE_DELAY  Seconds to wait before the first announcement: 0..86400.
-                 Default: 0.
+  RR_ANNOUNCE_DELAY  Seconds to wait at start before probing, claiming and the
+                 first announcement (not at a takeover): 0..86400. Default: 0.
 
   RR_ANNOUNCE_COUNT  Stop announcing after this many announcements (the address
                  stays until rusty_rail stops): 1..4294967295. Default: unset
@@ -223,8 +223,9 @@ Configuration is read from these environment variables (an empty value counts as
   RR_WATCH       What the loser of a conflict does (the lower MAC keeps an
                  address): fail (remove it, exit 1), quit (remove it, exit 0),
                  log (log it, keep announcing), standby (remove it, stay silent
-                 and take over once the holder is silent for 3 intervals), or no
-                 (no watcher at all). Default: fail.
+                 and take over once the holder is silent for 3 intervals; not
+                 with RR_ANNOUNCE_UNMANAGED=1), or no (no watcher at all).
+                 Default: fail.
 
   RR_WATCH_DELAY  Seconds after the first announcement before conflicts are acted
                  on: 0..86400. Default: 0.
@@ -1314,6 +1315,13 @@ fn parse_announce(raw: &Raw) -> Result<Option<Announce>, Error> {
         Some("no") => Watch::No,
         Some(v) => return Err(bad("RR_WATCH", v, "fail, quit, log, standby or no")),
     };
+    if unmanaged && watch == Watch::Standby {
+        return Err(bad(
+            "RR_WATCH",
+            "standby",
+            "fail, quit, log or no with RR_ANNOUNCE_UNMANAGED=1 (a standby must remove the address, and an unmanaged one is not ours to remove)",
+        ));
+    }
     let state_dir = match value(&raw.state_dir) {
         None => std::path::PathBuf::from(DEFAULT_STATE_DIR),
         Some(v) if v.starts_with('/') && !v.chars().any(char::is_control) => {
@@ -2172,7 +2180,7 @@ mod tests {
             ("RR_ANNOUNCE_DELAY", "2"),
             ("RR_ANNOUNCE_COUNT", "3"),
             ("RR_ANNOUNCE_UNMANAGED", "1"),
-            ("RR_WATCH", "standby"),
+            ("RR_WATCH", "log"),
             ("RR_WATCH_DELAY", "1.5"),
             ("RR_STATE_DIR", "/tmp/rr"),
         ])
@@ -2181,10 +2189,7 @@ mod tests {
         assert_eq!(a.interval, std::time::Duration::from_millis(250));
         assert_eq!(a.jitter, std::time::Duration::from_millis(100));
         assert_eq!(a.delay, std::time::Duration::from_secs(2));
-        assert_eq!(
-            (a.count, a.unmanaged, a.watch),
-            (Some(3), true, Watch::Standby)
-        );
+        assert_eq!((a.count, a.unmanaged, a.watch), (Some(3), true, Watch::Log));
         assert_eq!(a.watch_delay, std::time::Duration::from_millis(1500));
         assert_eq!(a.state_dir, std::path::PathBuf::from("/tmp/rr"));
         for (word, watch) in [
@@ -2240,6 +2245,18 @@ mod tests {
         let err =
             with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_ANNOUNCE", &many)]).unwrap_err();
         assert!(err.to_string().contains("at most 64"), "{err}");
+    }
+
+    #[test]
+    fn a_standby_cannot_be_unmanaged() {
+        let err = with_device(&[
+            ("RR_TARGET_IPS", "10.1.0.1"),
+            ("RR_ANNOUNCE", "10.9.0.1"),
+            ("RR_ANNOUNCE_UNMANAGED", "1"),
+            ("RR_WATCH", "standby"),
+        ])
+        .unwrap_err();
+        assert_message(&err, "RR_WATCH", "standby");
     }
 
     #[test]

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         }
     }
     init_logging();
+    // A panic is fatal too, and says so in a JSON line (release builds
+    // abort right after; the next start removes announced addresses).
+    std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
     match run() {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Config(line)) => {

@@ -1137,16 +1137,15 @@ fn fixture_table() {
                 case.description
             ));
         }
-        if let Some(gre) = &case.gre {
-            if case.input.len() >= gre.end
-                && gre.len() >= 4
-                && !gre_checksum_ok(&case.input[gre.clone()])
-            {
-                failures.push(format!(
-                    "[{}] fixture bug: input GRE checksum invalid",
-                    case.description
-                ));
-            }
+        if let Some(gre) = &case.gre
+            && case.input.len() >= gre.end
+            && gre.len() >= 4
+            && !gre_checksum_ok(&case.input[gre.clone()])
+        {
+            failures.push(format!(
+                "[{}] fixture bug: input GRE checksum invalid",
+                case.description
+            ));
         }
         failures.extend(mismatches(case));
     }

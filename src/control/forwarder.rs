@@ -125,11 +125,15 @@ pub fn run(
         .iter()
         .flat_map(|a| a.addresses.iter().map(|(addr, _)| *addr))
         .collect();
-    if let Some(a) = &config.announce {
-        announce::prepare(a, &announce_device(&device))?;
-        // Stale addresses may be gone now.
-        device = read_device()?;
-    }
+    let lock = match &config.announce {
+        Some(a) => {
+            let lock = announce::prepare(a, &announce_device(&device))?;
+            // Stale addresses may be gone now.
+            device = read_device()?;
+            Some(lock)
+        }
+        None => None,
+    };
     // Announced addresses are added to the snapshot while held, never
     // before: the node's own are the rest.
     device.v4.retain(|a| !announced.contains(&IpAddr::V4(*a)));
@@ -282,15 +286,15 @@ pub fn run(
         device.v6
     );
     let steering = Arc::new(Mutex::new(steering));
-    let announcer = match &config.announce {
-        Some(a) => {
+    let announcer = match (&config.announce, lock) {
+        (Some(a), Some(lock)) => {
             let steer = Arc::new(Steer {
                 control: Arc::clone(&control),
                 steering: Arc::clone(&steering),
                 own_v4: device.v4.clone(),
                 own_v6: device.v6.clone(),
             });
-            match Announcer::start(a, &announce_device(&device), steer) {
+            match Announcer::start(a, &announce_device(&device), lock, steer) {
                 Ok(announcer) => Some(announcer),
                 Err(e) => {
                     shared.stop.store(true, Ordering::Relaxed);
@@ -301,7 +305,7 @@ pub fn run(
                 }
             }
         }
-        None => None,
+        _ => None,
     };
     let mut last_stats = Instant::now();
     let mut kernel: Vec<xsk::Statistics>;
@@ -330,8 +334,11 @@ pub fn run(
     }
 
     // Addresses first: nothing may be left steered or on the device.
-    if let Some(announcer) = announcer {
-        announcer.stop();
+    if let Some(announcer) = announcer
+        && !announcer.stop()
+        && exit == 0
+    {
+        exit = 1;
     }
     log::info!("stopping: draining {} worker(s)", workers.len());
     // No changes while stopping.
@@ -373,22 +380,22 @@ struct Steer {
 }
 
 impl Steer {
-    fn program(&self, held: &Held) {
+    fn program(&self, held: &Held) -> Result<(), String> {
         let mut local_v4 = self.own_v4.clone();
         local_v4.extend(&held.v4);
         let mut local_v6 = self.own_v6.clone();
         local_v6.extend(&held.v6);
         let mut steering = self.steering.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = steering.set_addresses(&local_v4, &local_v6, &held.v4, &held.v6) {
-            log::error!("cannot steer the announced addresses {held:?}: {e}");
-        }
+        steering
+            .set_addresses(&local_v4, &local_v6, &held.v4, &held.v6)
+            .map_err(|e| format!("cannot steer the announced addresses: {e}"))
     }
 }
 
 impl announce::Steer for Steer {
     /// Workers learn of an address before the XDP program sends them its
     /// frames, and forget it only after the program has stopped.
-    fn held(&self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]) {
+    fn held(&self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]) -> Result<(), String> {
         let old = self.control.held();
         let new = Held {
             v4: v4.to_vec(),
@@ -398,9 +405,11 @@ impl announce::Steer for Steer {
             v4: old.v4.iter().filter(|a| v4.contains(a)).copied().collect(),
             v6: old.v6.iter().filter(|a| v6.contains(a)).copied().collect(),
         };
-        self.program(&both);
+        // On failure the workers still learn the new set: the program may
+        // be half updated, and frames it steers must be served.
+        let first = self.program(&both);
         self.control.set_held(new.clone());
-        self.program(&new);
+        first.and(self.program(&new))
     }
 }
 

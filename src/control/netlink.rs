@@ -18,7 +18,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeader, AddressHeaderFlags, AddressMessage,
-    AddressMessageBuffer,
+    AddressMessageBuffer, CacheInfo,
 };
 use netlink_packet_route::link::{
     LinkAttribute, LinkExtentMask, LinkHeader, LinkMessage, LinkMessageBuffer, LinkXdp, XdpAttached,
@@ -267,8 +267,10 @@ pub fn next_hop(dst: IpAddr) -> Result<(IpAddr, u32), Error> {
 
 /// Adds `addr/prefix` to the device (RTM_NEWADDR, NLM_F_CREATE |
 /// NLM_F_EXCL). IPv6 addresses skip duplicate address detection
-/// (IFA_F_NODAD), so they are usable at once; IPv4 ones get the subnet's
-/// broadcast address below /31, as `ip addr add` gives them.
+/// (IFA_F_NODAD), so they are usable at once, and are deprecated (preferred
+/// lifetime 0), so the host never sources its own traffic from them; IPv4
+/// ones get the subnet's broadcast address below /31, as `ip addr add`
+/// gives them.
 ///
 /// An address the device already has is an error with errno EEXIST.
 pub fn add_address(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Error> {
@@ -288,6 +290,13 @@ pub fn add_address(index: u32, addr: IpAddr, prefix: u8) -> Result<(), Error> {
             msg.header.flags = AddressHeaderFlags::Nodad;
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            // Preferred lifetime 0: the address answers neighbour
+            // solicitations and takes traffic, but source selection never
+            // picks it for the host's own connections (RFC 6724 rule 3).
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_preferred = 0;
+            lifetimes.ifa_valid = u32::MAX;
+            msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
         }
     }
     Conn::open()?
@@ -1114,6 +1123,9 @@ mod tests {
         assert_eq!(info["prefixlen"], 64, "{info}");
         assert_eq!(info.get("tentative"), None, "{info}");
         assert_eq!(info.get("dadfailed"), None, "{info}");
+        // Deprecated, so never a source for the host's own traffic.
+        assert_eq!(info["preferred_life_time"], 0, "{info}");
+        assert_eq!(info["valid_life_time"], u32::MAX, "{info}");
         assert_eq!(info["nodad"], true, "{info}");
         let info = ip_addr_info(&ns, &ifname, "10.77.0.1");
         assert_eq!(info["broadcast"], "10.77.0.255", "{info}");

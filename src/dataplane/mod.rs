@@ -584,10 +584,10 @@ fn hash_v4(ip: &ipv4::Packet<&[u8]>, hasher: &flow::Hasher) -> Result<u64, Outco
     if ip.is_fragment() {
         return Ok(hasher.v4(src, dst, protocol, 0));
     }
-    if protocol == ip_proto::ICMP {
-        if let Some(hash) = icmp_error_v4(ip.payload(), dst, hasher) {
-            return Ok(hash);
-        }
+    if protocol == ip_proto::ICMP
+        && let Some(hash) = icmp_error_v4(ip.payload(), dst, hasher)
+    {
+        return Ok(hash);
     }
     let ports = ports(protocol, ip.payload())?;
     Ok(hasher.v4(src, dst, protocol, ports))
@@ -614,10 +614,10 @@ fn hash_v6(
         return Ok(hasher.v6(src, dst, upper.protocol, 0));
     }
     let l4 = ip.payload().get(upper.offset..).unwrap_or_default();
-    if upper.protocol == ip_proto::ICMPV6 {
-        if let Some(hash) = icmp_error_v6(l4, dst, hasher) {
-            return Ok(hash);
-        }
+    if upper.protocol == ip_proto::ICMPV6
+        && let Some(hash) = icmp_error_v6(l4, dst, hasher)
+    {
+        return Ok(hash);
     }
     let ports = ports(upper.protocol, l4)?;
     Ok(hasher.v6(src, dst, upper.protocol, ports))

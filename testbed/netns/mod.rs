@@ -498,6 +498,18 @@ impl RawPort {
     /// Every frame that passes `filter` during `duration` (not counting
     /// our own outgoing ones), however few.
     pub fn capture(&mut self, duration: Duration, filter: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
+        self.capture_timed(duration, filter)
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    /// `capture`, with the time each frame was read.
+    pub fn capture_timed(
+        &mut self,
+        duration: Duration,
+        filter: impl Fn(&[u8]) -> bool,
+    ) -> Vec<(Instant, Vec<u8>)> {
         let mut got = Vec::new();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
@@ -505,7 +517,7 @@ impl RawPort {
                 Ok(frame) => {
                     let outgoing = frame.len() >= 12 && frame[6..12] == self.mac;
                     if !outgoing && filter(frame) {
-                        got.push(frame.to_vec());
+                        got.push((Instant::now(), frame.to_vec()));
                     }
                 }
                 Err(e)

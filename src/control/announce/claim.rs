@@ -16,6 +16,11 @@ pub const ANNOUNCE_NUM: u32 = 2;
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 /// Intervals of silence after which a standby takes over.
 pub const SILENT_INTERVALS: u32 = 3;
+/// The least time between two announcements made to win conflicts, so a
+/// flood of forged claims cannot make us flood the LAN.
+pub const DEFEND_GAP: Duration = Duration::from_millis(100);
+/// Foreign MACs remembered (probe answerers, conflicts logged).
+pub const MAX_REMEMBERED: usize = 64;
 
 /// How announcing is timed and what a conflict makes us do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +39,11 @@ impl Timing {
         ANNOUNCE_INTERVAL.min(self.interval / 2)
     }
 
-    /// How long a standby waits without hearing the holder: a live
-    /// holder's longest gap is one interval plus the jitter.
+    /// How long a standby waits without hearing the holder: 3 intervals,
+    /// or a live holder's longest gap (an interval plus the jitter) when
+    /// the jitter is 2 intervals or more.
     pub fn silence(&self) -> Duration {
-        self.interval * SILENT_INTERVALS + self.jitter
+        (self.interval * SILENT_INTERVALS).max(self.interval + self.jitter)
     }
 }
 
@@ -62,11 +68,11 @@ pub enum Action {
 enum Phase {
     /// Not started.
     Idle,
+    /// RR_ANNOUNCE_DELAY at start: nothing sent, nothing added yet.
+    Waiting { until: Instant },
     /// A probe is out; answers are collected until then.
     Probing { until: Instant },
-    /// The address is ours; the first announcement waits for RR_ANNOUNCE_DELAY.
-    Delaying { until: Instant },
-    /// Ours and announced.
+    /// Ours: added, steered and announced.
     Holding,
     /// Lost it: silent, listening for the holder.
     Standby { heard: Instant },
@@ -86,8 +92,12 @@ pub struct Claim {
     /// Announcements sent since the claim began; the burst is the first
     /// `ANNOUNCE_NUM`.
     burst_sent: u32,
-    /// Announcements sent in all (for RR_ANNOUNCE_COUNT).
+    /// Periodic announcements sent in all (for RR_ANNOUNCE_COUNT).
     sent: u32,
+    /// When we last announced, for `DEFEND_GAP`.
+    last_sent: Option<Instant>,
+    /// A defending announcement held back by `DEFEND_GAP`, due then.
+    defend_at: Option<Instant>,
     /// When conflicts start to count: RR_WATCH_DELAY after the first announcement.
     watch_from: Option<Instant>,
     /// MACs that answered a probe, each logged once. One that answers
@@ -108,6 +118,8 @@ impl Claim {
             next: None,
             burst_sent: 0,
             sent: 0,
+            last_sent: None,
+            defend_at: None,
             watch_from: None,
             answered: Vec::new(),
             logged: Vec::new(),
@@ -120,7 +132,7 @@ impl Claim {
 
     /// True while the address is ours (added and steered).
     pub fn holds(&self) -> bool {
-        matches!(self.phase, Phase::Delaying { .. } | Phase::Holding)
+        self.phase == Phase::Holding
     }
 
     /// True while silently waiting to take over.
@@ -133,9 +145,15 @@ impl Claim {
         self.sent
     }
 
-    /// Starts with a probe, in every mode.
+    /// Starts with a probe, in every mode, after RR_ANNOUNCE_DELAY.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
-        self.probe(now)
+        if self.timing.delay.is_zero() {
+            return self.probe(now);
+        }
+        self.phase = Phase::Waiting {
+            until: now + self.timing.delay,
+        };
+        Vec::new()
     }
 
     fn probe(&mut self, now: Instant) -> Vec<Action> {
@@ -148,8 +166,11 @@ impl Claim {
     /// The earliest time `tick` has something to do.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Probing { until } | Phase::Delaying { until } => Some(until),
-            Phase::Holding => self.next,
+            Phase::Probing { until } | Phase::Waiting { until } => Some(until),
+            Phase::Holding => match (self.next, self.defend_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             Phase::Standby { heard } => Some(heard + self.timing.silence()),
             Phase::Idle | Phase::Done => None,
         }
@@ -160,22 +181,21 @@ impl Claim {
     pub fn tick(&mut self, now: Instant, jitter: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
         match self.phase {
+            Phase::Waiting { until } if now >= until => actions.extend(self.probe(now)),
             Phase::Probing { until } if now >= until => {
                 actions.push(Action::Add);
                 self.burst_sent = 0;
-                self.phase = Phase::Delaying {
-                    until: now + self.timing.delay,
-                };
-                // A zero delay announces in the same tick.
-                actions.extend(self.tick(now, jitter));
-            }
-            Phase::Delaying { until } if now >= until => {
                 self.phase = Phase::Holding;
                 self.next = Some(now);
-                actions.extend(self.tick(now, jitter));
-            }
-            Phase::Holding if self.next.is_some_and(|due| now >= due) => {
                 actions.extend(self.announce(now, jitter));
+            }
+            Phase::Holding => {
+                if self.defend_at.is_some_and(|due| now >= due) {
+                    actions.extend(self.defend(now));
+                }
+                if self.next.is_some_and(|due| now >= due) {
+                    actions.extend(self.announce(now, jitter));
+                }
             }
             Phase::Standby { heard } if now >= heard + self.timing.silence() => {
                 actions.push(Action::Log(
@@ -201,6 +221,7 @@ impl Claim {
         }
         self.sent += 1;
         self.burst_sent += 1;
+        self.last_sent = Some(now);
         if self.watch_from.is_none() {
             self.watch_from = Some(now + self.timing.watch_delay);
         }
@@ -224,6 +245,23 @@ impl Claim {
         actions
     }
 
+    /// An announcement to win a conflict: now, or once `DEFEND_GAP` has
+    /// passed since the last. Not limited by RR_ANNOUNCE_COUNT: it is what
+    /// keeps two holders from standing.
+    fn defend(&mut self, now: Instant) -> Vec<Action> {
+        match self.last_sent {
+            Some(t) if now.duration_since(t) < DEFEND_GAP => {
+                self.defend_at = Some(t + DEFEND_GAP);
+                Vec::new()
+            }
+            _ => {
+                self.defend_at = None;
+                self.last_sent = Some(now);
+                vec![Action::Announce]
+            }
+        }
+    }
+
     /// Something heard on the wire about some address.
     pub fn heard(&mut self, h: &Heard, now: Instant) -> Vec<Action> {
         if h.addr != self.addr || h.mac == self.mac {
@@ -231,12 +269,12 @@ impl Claim {
         }
         match self.phase {
             Phase::Probing { .. } => self.answer(h),
+            // Only our probes draw these: never a claim of its own.
+            Phase::Holding if h.kind == Kind::ProbeAnswer => self.answer(h),
+            Phase::Holding if self.timing.watch != Watch::No => self.conflict(h, now),
             Phase::Standby { .. } if h.kind == Kind::Announcement => {
                 self.phase = Phase::Standby { heard: now };
                 Vec::new()
-            }
-            Phase::Delaying { .. } | Phase::Holding if self.timing.watch != Watch::No => {
-                self.conflict(h, now)
             }
             _ => Vec::new(),
         }
@@ -248,7 +286,7 @@ impl Claim {
         if h.kind == Kind::Probe || h.kind == Kind::Request || self.answered.contains(&h.mac) {
             return Vec::new();
         }
-        self.answered.push(h.mac);
+        remember(&mut self.answered, h.mac);
         vec![Action::Log(
             log::Level::Warn,
             format!(
@@ -262,7 +300,7 @@ impl Claim {
 
     fn conflict(&mut self, h: &Heard, now: Instant) -> Vec<Action> {
         let counts = match h.kind {
-            Kind::Probe => false,
+            Kind::Probe | Kind::ProbeAnswer => false,
             Kind::Announcement => true,
             // A zombie's kernel answers our announcements; that is not a claim.
             Kind::Reply | Kind::Request => !self.answered.contains(&h.mac),
@@ -274,7 +312,7 @@ impl Claim {
         if self.mac < h.mac {
             let mut actions = Vec::new();
             if !self.logged.contains(&h.mac) {
-                self.logged.push(h.mac);
+                remember(&mut self.logged, h.mac);
                 actions.push(Action::Log(
                     log::Level::Warn,
                     format!(
@@ -285,12 +323,7 @@ impl Claim {
                     ),
                 ));
             }
-            if matches!(self.phase, Phase::Holding)
-                && self.timing.count.is_none_or(|n| self.sent < n)
-            {
-                self.sent += 1;
-                actions.push(Action::Announce);
-            }
+            actions.extend(self.defend(now));
             return actions;
         }
         let lost = format!(
@@ -325,7 +358,7 @@ impl Claim {
                 if self.logged.contains(&h.mac) {
                     return Vec::new();
                 }
-                self.logged.push(h.mac);
+                remember(&mut self.logged, h.mac);
                 vec![Action::Log(
                     log::Level::Warn,
                     format!("{lost}; RR_WATCH=log: announcing it anyway"),
@@ -347,6 +380,14 @@ impl Claim {
             Watch::No => Vec::new(),
         }
     }
+}
+
+/// Adds `mac`, forgetting the oldest beyond `MAX_REMEMBERED`.
+fn remember(list: &mut Vec<[u8; 6]>, mac: [u8; 6]) {
+    if list.len() >= MAX_REMEMBERED {
+        list.remove(0);
+    }
+    list.push(mac);
 }
 
 /// `02:00:00:00:00:01`.
@@ -446,24 +487,36 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_holds_back_the_first_announcement_but_not_the_address() {
+    fn the_delay_holds_back_the_probe_and_the_address_at_start_but_not_at_a_takeover() {
         let t0 = Instant::now();
-        let mut timing = timing(Watch::Fail);
+        let mut timing = timing(Watch::Standby);
         timing.delay = ms(700);
         let mut c = Claim::new(addr(), OURS, timing);
-        c.start(t0);
-        assert_eq!(
-            effects(c.tick(t0 + PROBE_WAIT, Duration::ZERO)),
-            vec![Action::Add]
+        assert_eq!(c.start(t0), vec![]);
+        assert!(!c.holds());
+        // Nothing heard while waiting matters.
+        assert!(
+            c.heard(&heard(LOWER, Kind::Announcement), t0 + ms(10))
+                .is_empty()
         );
-        assert!(c.holds());
+        assert_eq!(effects(c.tick(t0 + ms(699), Duration::ZERO)), vec![]);
         assert_eq!(
-            effects(c.tick(t0 + PROBE_WAIT + ms(699), Duration::ZERO)),
-            vec![]
+            effects(c.tick(t0 + ms(700), Duration::ZERO)),
+            vec![Action::Probe]
         );
+        let t = t0 + ms(700) + PROBE_WAIT;
         assert_eq!(
-            effects(c.tick(t0 + PROBE_WAIT + ms(700), Duration::ZERO)),
-            vec![Action::Announce]
+            effects(c.tick(t, Duration::ZERO)),
+            vec![Action::Add, Action::Announce]
+        );
+        // Lose, then take over: no delay this time.
+        c.heard(&heard(LOWER, Kind::Announcement), t + ms(1));
+        assert!(c.standby());
+        let silent = t + ms(1) + c.timing.silence();
+        assert_eq!(effects(c.tick(silent, Duration::ZERO)), vec![Action::Probe]);
+        assert_eq!(
+            effects(c.tick(silent + PROBE_WAIT, Duration::ZERO)),
+            vec![Action::Add, Action::Announce]
         );
     }
 
@@ -488,19 +541,79 @@ mod tests {
         assert!(c.holds());
         // Nothing in the count's aftermath removes it.
         assert!(!effects(c.tick(t + ms(60_000), Duration::ZERO)).contains(&Action::Remove));
+        // Defending it is not limited by the count.
+        assert_eq!(
+            effects(c.heard(&heard(HIGHER, Kind::Announcement), t + ms(60_001))),
+            vec![Action::Announce]
+        );
     }
 
     #[test]
     fn a_conflict_with_a_higher_mac_is_won_with_an_announcement_at_once() {
         let (mut c, t) = holding(Watch::Fail);
-        for kind in [Kind::Announcement, Kind::Reply, Kind::Request] {
+        for (i, kind) in [Kind::Announcement, Kind::Reply, Kind::Request]
+            .into_iter()
+            .enumerate()
+        {
+            let at = t + DEFEND_GAP * (i as u32 + 1);
             assert_eq!(
-                effects(c.heard(&heard(HIGHER, kind), t + ms(10))),
+                effects(c.heard(&heard(HIGHER, kind), at)),
                 vec![Action::Announce],
                 "{kind:?}"
             );
         }
         assert!(c.holds());
+    }
+
+    #[test]
+    fn defending_announcements_are_at_least_defend_gap_apart_and_none_is_lost() {
+        let (mut c, t) = holding(Watch::Fail);
+        // The burst's second announcement is due at t + 500 ms; forged
+        // claims every 2 ms from t + 1 ms to t + 201 ms.
+        let mut sent = Vec::new();
+        for i in 0..=100u64 {
+            let now = t + ms(1 + 2 * i);
+            let mut actions = c.heard(&heard(HIGHER, Kind::Announcement), now);
+            actions.extend(c.tick(now, Duration::ZERO));
+            if effects(actions).contains(&Action::Announce) {
+                sent.push(now - t);
+            }
+        }
+        // One a gap after our last (the claim at t), then one a gap later.
+        assert_eq!(sent, vec![ms(101), ms(201)]);
+        // A claim right after still gets its answer, a gap later.
+        assert!(effects(c.heard(&heard(HIGHER, Kind::Announcement), t + ms(250))).is_empty());
+        assert_eq!(c.deadline(), Some(t + ms(301)));
+        assert_eq!(
+            effects(c.tick(t + ms(301), Duration::ZERO)),
+            vec![Action::Announce]
+        );
+    }
+
+    #[test]
+    fn an_answer_to_our_probe_while_holding_is_a_zombie_not_a_conflict() {
+        let (mut c, t) = holding(Watch::Fail);
+        // A late answer from a lower MAC: logged once, never a loss.
+        let first = c.heard(&heard(LOWER, Kind::ProbeAnswer), t + ms(300));
+        assert!(matches!(&first[..], [Action::Log(..)]), "{first:?}");
+        assert!(
+            c.heard(&heard(LOWER, Kind::ProbeAnswer), t + ms(301))
+                .is_empty()
+        );
+        assert!(c.heard(&heard(LOWER, Kind::Reply), t + ms(302)).is_empty());
+        assert!(c.holds());
+    }
+
+    #[test]
+    fn remembered_macs_are_capped() {
+        let (mut c, t) = holding(Watch::Log);
+        for i in 0..200u8 {
+            c.heard(
+                &heard([2, 0, 0, 0, 0, 0].map(|b| b ^ i), Kind::Announcement),
+                t,
+            );
+        }
+        assert!(c.logged.len() <= MAX_REMEMBERED);
     }
 
     #[test]
@@ -603,10 +716,12 @@ mod tests {
     }
 
     #[test]
-    fn jitter_lengthens_the_silence_a_standby_waits_for() {
+    fn the_silence_is_three_intervals_unless_the_jitter_could_make_a_live_gap_longer() {
         let mut t = timing(Watch::Standby);
         t.jitter = ms(400);
-        assert_eq!(t.silence(), ms(3400));
+        assert_eq!(t.silence(), ms(3000));
+        t.jitter = ms(2500);
+        assert_eq!(t.silence(), ms(3500));
     }
 
     #[test]
@@ -658,7 +773,12 @@ mod tests {
         let from_high = high.heard(&heard(LOWER, Kind::Announcement), t + ms(1));
         let from_low = low.heard(&heard(HIGHER, Kind::Announcement), t + ms(1));
         assert_eq!(effects(from_high), vec![Action::Remove]);
-        assert_eq!(effects(from_low), vec![Action::Announce]);
+        // The winner answers the loser's claim a defend gap after its own.
+        assert!(effects(from_low).is_empty());
+        assert_eq!(
+            effects(low.tick(t + DEFEND_GAP, Duration::ZERO)),
+            vec![Action::Announce]
+        );
         assert!(low.holds() && high.standby());
     }
 }

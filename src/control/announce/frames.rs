@@ -134,6 +134,9 @@ pub enum Kind {
     Announcement,
     /// Someone answers for `addr`, which it holds.
     Reply,
+    /// Someone answers an ARP probe for `addr` (a reply to 0.0.0.0): to
+    /// us, since replies are unicast, so it answers our probe.
+    ProbeAnswer,
     /// Someone holding `addr` asks about another address.
     Request,
     /// Someone checks whether `addr` is free before taking it: an ARP probe
@@ -175,6 +178,8 @@ fn parse_arp(eth: &ethernet::Frame<&[u8]>) -> Option<Heard> {
     // gratuitous request, not an announcement of its own.
     let kind = if eth.dst().is_multicast() && sender == target {
         Kind::Announcement
+    } else if op == arp::Operation::Reply && target.is_unspecified() {
+        Kind::ProbeAnswer
     } else if op == arp::Operation::Reply {
         Kind::Reply
     } else {
@@ -575,6 +580,16 @@ mod tests {
                     (&MAC, "10.0.0.1"),
                 ),
                 heard("10.0.0.7", PEER, Kind::Reply),
+            ),
+            (
+                "Linux's reply to our probe, addressed to 0.0.0.0",
+                arp_frame(
+                    MAC,
+                    ArpOperation::REPLY,
+                    (&PEER, "10.0.0.7"),
+                    (&MAC, "0.0.0.0"),
+                ),
+                heard("10.0.0.7", PEER, Kind::ProbeAnswer),
             ),
             (
                 "request",

@@ -4,11 +4,14 @@
 //!
 //! One thread, `rr-announce`, owns a raw packet socket on the device (never
 //! promiscuous; the kernel filters it down to ARP and NS/NA) and one
-//! [`claim::Claim`] per address. It probes at start, adds each address it
-//! claims (IPv6 with nodad), tells the data path to take its traffic, and
-//! announces: a burst, then one per interval. Conflicts are settled by the
-//! lower MAC; the loser acts on `RR_WATCH`. On stop it removes what it added
-//! and the state file that lists it.
+//! [`claim::Claim`] per address. It probes at start; to claim an address
+//! it lists it in the state file, tells the data path to take its traffic,
+//! adds it to the device (IPv6 with nodad, deprecated) and announces it: a
+//! burst, then one per interval. Conflicts are settled by the lower MAC;
+//! the loser acts on `RR_WATCH`. Releasing goes the other way round: off
+//! the device first, so the host never sees (and resets) a flow the data
+//! path was serving, then out of the data path. On stop it releases
+//! everything and removes the state file.
 
 pub mod claim;
 pub mod frames;
@@ -28,14 +31,6 @@ use std::time::{Duration, Instant};
 pub enum Error {
     #[error(transparent)]
     State(#[from] state::Error),
-    #[error(
-        "{path} lists addresses held by rusty_rail pid {pid}, which is still running on {device}; stop it first"
-    )]
-    Busy {
-        path: String,
-        pid: u32,
-        device: String,
-    },
     #[error(
         "RR_ANNOUNCE: {addr} is already on {device} and rusty_rail did not add it; remove it, or set RR_ANNOUNCE_UNMANAGED=1 to announce it as it is"
     )]
@@ -69,10 +64,11 @@ pub enum Error {
     Thread(std::io::Error),
 }
 
-/// Tells the data path which announced addresses this node holds now;
-/// called before announcing one and before removing one.
+/// Tells the data path which announced addresses this node holds now:
+/// before one is added to the device, and after one is removed.
 pub trait Steer: Send + Sync {
-    fn held(&self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]);
+    /// Err: the traffic of these addresses cannot be steered (one line).
+    fn held(&self, v4: &[Ipv4Addr], v6: &[Ipv6Addr]) -> Result<(), String>;
 }
 
 /// The device as the announcer needs it.
@@ -83,20 +79,14 @@ pub struct Device {
     pub mac: [u8; 6],
 }
 
-/// Before anything is attached: removes addresses a crashed run left
-/// (from the state file) and refuses addresses someone else put on the
-/// device. Returns the device's own addresses afterwards, the announced
-/// ones left out.
-pub fn prepare(config: &Announce, device: &Device) -> Result<Vec<IpAddr>, Error> {
+/// Before anything is attached: takes the device's lock, removes
+/// addresses a crashed run left (from the state file) and refuses
+/// addresses someone else put on the device. The lock goes to
+/// [`Announcer::start`].
+pub fn prepare(config: &Announce, device: &Device) -> Result<state::Lock, Error> {
     let file = state::File::new(&config.state_dir, &device.name);
+    let lock = file.lock()?;
     if let Some(saved) = file.read()? {
-        if state::other_rusty_rail(saved.pid) {
-            return Err(Error::Busy {
-                path: file.path().display().to_string(),
-                pid: saved.pid,
-                device: device.name.clone(),
-            });
-        }
         let present = addresses(device)?;
         for (addr, prefix) in saved.addresses {
             if !present.contains(&addr) {
@@ -126,9 +116,10 @@ pub fn prepare(config: &Announce, device: &Device) -> Result<Vec<IpAddr>, Error>
         });
     }
     let announced: Vec<IpAddr> = config.addresses.iter().map(|(a, _)| *a).collect();
+    // GRE goes out from a global address of our own, never link-local.
     let own: Vec<IpAddr> = present
         .into_iter()
-        .filter(|a| !announced.contains(a))
+        .filter(|a| !announced.contains(a) && !is_link_local(a))
         .collect();
     for addr in &announced {
         let family = if addr.is_ipv4() { 4 } else { 6 };
@@ -148,7 +139,14 @@ pub fn prepare(config: &Announce, device: &Device) -> Result<Vec<IpAddr>, Error>
             );
         }
     }
-    Ok(own)
+    Ok(lock)
+}
+
+fn is_link_local(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 fn addresses(device: &Device) -> Result<Vec<IpAddr>, Error> {
@@ -165,6 +163,8 @@ pub struct Announcer {
     stop: Arc<AtomicBool>,
     /// 0: running; otherwise the exit status + 1 it asked for.
     exit: Arc<AtomicU8>,
+    /// Set when an address could not be removed from the device.
+    leftover: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -173,6 +173,7 @@ impl Announcer {
     pub fn start(
         config: &Announce,
         device: &Device,
+        lock: state::Lock,
         steer: Arc<dyn Steer>,
     ) -> Result<Announcer, Error> {
         let socket = packet::Socket::open(device.index).map_err(|source| Error::Socket {
@@ -181,7 +182,13 @@ impl Announcer {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let exit = Arc::new(AtomicU8::new(0));
+        let leftover = Arc::new(AtomicBool::new(false));
         let mut run = Run {
+            _lock: lock,
+            released: false,
+            leftover: Arc::clone(&leftover),
+            last_check: Instant::now(),
+            recv_errors: 0,
             socket,
             device: device.clone(),
             managed: !config.unmanaged,
@@ -223,22 +230,30 @@ impl Announcer {
         Ok(Announcer {
             stop,
             exit,
+            leftover,
             thread: Some(thread),
         })
     }
 
     /// The exit status the announcer asks for (RR_WATCH=fail or quit lost
-    /// a conflict, or an address could not be added), if any.
+    /// a conflict, an address could not be added, or the thread died), if
+    /// any.
     pub fn exit_code(&self) -> Option<u8> {
         match self.exit.load(Ordering::Relaxed) {
+            0 if self.thread.as_ref().is_some_and(|t| t.is_finished()) => {
+                log::error!("the announcer stopped unexpectedly; exiting 1");
+                Some(1)
+            }
             0 => None,
             n => Some(n - 1),
         }
     }
 
-    /// Stops the thread, which removes every address it added.
-    pub fn stop(mut self) {
+    /// Stops the thread, which removes every address it added. False when
+    /// some could not be removed (each was logged).
+    pub fn stop(mut self) -> bool {
         self.finish();
+        !self.leftover.load(Ordering::Relaxed)
     }
 
     fn finish(&mut self) {
@@ -271,8 +286,18 @@ fn timing(config: &Announce) -> Timing {
 /// The longest the thread sleeps, so a stop is noticed.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
+/// How often held addresses are checked to still be on the device.
+const CHECK: Duration = Duration::from_secs(1);
+
 /// The thread's state.
 struct Run {
+    /// Held for as long as the thread runs.
+    _lock: state::Lock,
+    /// True once `release_all` ran.
+    released: bool,
+    leftover: Arc<AtomicBool>,
+    last_check: Instant,
+    recv_errors: u64,
     socket: packet::Socket,
     device: Device,
     managed: bool,
@@ -315,9 +340,22 @@ impl Run {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    log::warn!("reading ARP/NDP on {}: {e}", self.device.name);
+                    self.recv_errors += 1;
+                    // The first, then every 100th: a vanished device fails
+                    // every read.
+                    if self.recv_errors % 100 == 1 {
+                        log::warn!(
+                            "cannot read ARP/NDP on {} ({} failures so far): {e}",
+                            self.device.name,
+                            self.recv_errors
+                        );
+                    }
                     std::thread::sleep(MAX_WAIT);
                 }
+            }
+            if self.managed && self.last_check.elapsed() >= CHECK {
+                self.last_check = Instant::now();
+                self.restore_missing();
             }
             let now = Instant::now();
             for i in 0..self.claims.len() {
@@ -349,7 +387,7 @@ impl Run {
                 }
                 Action::Add => {
                     if let Err(e) = self.add(i) {
-                        log::error!("{e}");
+                        log::error!("{e}; exiting 1");
                         self.request_exit(1);
                         return;
                     }
@@ -379,32 +417,58 @@ impl Run {
         }
     }
 
-    /// Adds the address (when managed), records it, then steers its traffic.
+    /// Claims address `i`: listed in the state file first (a crash from
+    /// here on leaves nothing unlisted), steered, then on the device.
     fn add(&mut self, i: usize) -> Result<(), String> {
         let (claim, prefix, _) = &self.claims[i];
         let (addr, prefix) = (claim.addr(), *prefix);
         if self.managed {
-            netlink::add_address(self.device.index, addr, prefix).map_err(|e| {
-                format!(
-                    "cannot add {addr}/{prefix} to {}: {e}; exiting 1",
-                    self.device.name
-                )
-            })?;
             self.claims[i].2 = true;
             self.save();
+        }
+        if let Err(e) = self.steer_held() {
+            self.claims[i].2 = false;
+            self.save();
+            return Err(e);
+        }
+        if self.managed {
+            if let Err(e) = netlink::add_address(self.device.index, addr, prefix) {
+                self.claims[i].2 = false;
+                self.save();
+                // Leave nothing steered for an address we do not have.
+                self.unsteer(i);
+                return Err(format!(
+                    "cannot add {addr}/{prefix} to {}: {e}",
+                    self.device.name
+                ));
+            }
             log::info!("added {addr}/{prefix} to {}", self.device.name);
         }
-        self.steer_held();
         Ok(())
     }
 
-    /// Stops steering its traffic, then removes the address (when added).
+    /// Releases address `i` (already not held): off the device, then out
+    /// of the data path.
     fn remove(&mut self, i: usize) {
-        self.steer_held();
         self.unassign(i);
+        if let Err(e) = self.steer_held() {
+            log::error!("{e}");
+        }
     }
 
-    /// Removes the address from the device, if we added it.
+    /// Steers the held addresses minus `i` (which failed to be added).
+    fn unsteer(&self, i: usize) {
+        let addr = self.claims[i].0.addr();
+        let (v4, v6) = self.held();
+        let v4: Vec<Ipv4Addr> = v4.into_iter().filter(|a| IpAddr::V4(*a) != addr).collect();
+        let v6: Vec<Ipv6Addr> = v6.into_iter().filter(|a| IpAddr::V6(*a) != addr).collect();
+        if let Err(e) = self.steer.held(&v4, &v6) {
+            log::error!("{e}");
+        }
+    }
+
+    /// Removes address `i` from the device, if we added it. One that cannot
+    /// be removed stays in the state file, for the next start to remove.
     fn unassign(&mut self, i: usize) {
         let (claim, prefix, added) = &self.claims[i];
         let (addr, prefix, added) = (claim.addr(), *prefix, *added);
@@ -414,25 +478,58 @@ impl Run {
         match netlink::delete_address(self.device.index, addr, prefix) {
             Ok(()) => log::info!("removed {addr}/{prefix} from {}", self.device.name),
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
-            Err(e) => log::error!(
-                "cannot remove {addr}/{prefix} from {}: {e}",
-                self.device.name
-            ),
+            Err(e) => {
+                log::error!(
+                    "cannot remove {addr}/{prefix} from {}: {e}; the next start removes it",
+                    self.device.name
+                );
+                self.leftover.store(true, Ordering::Relaxed);
+                return;
+            }
         }
         self.claims[i].2 = false;
         self.save();
     }
 
-    fn steer_held(&self) {
-        let held = self.claims.iter().filter(|(c, _, _)| c.holds());
+    /// Puts back a held address that vanished from the device (removed
+    /// by hand, or with the primary of its subnet, or on link down).
+    fn restore_missing(&mut self) {
+        let Ok(present) = netlink::addresses(self.device.index) else {
+            return;
+        };
+        for (claim, prefix, added) in &self.claims {
+            let addr = claim.addr();
+            if !claim.holds() || !*added || present.iter().any(|(a, _, _)| *a == addr) {
+                continue;
+            }
+            match netlink::add_address(self.device.index, addr, *prefix) {
+                Ok(()) => log::warn!(
+                    "{addr}/{prefix} vanished from {}; added it back",
+                    self.device.name
+                ),
+                Err(e) => log::warn!(
+                    "{addr}/{prefix} vanished from {} and cannot be added back: {e}",
+                    self.device.name
+                ),
+            }
+        }
+    }
+
+    /// The addresses held now, by family.
+    fn held(&self) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for (c, _, _) in held {
+        for (c, _, _) in self.claims.iter().filter(|(c, _, _)| c.holds()) {
             match c.addr() {
                 IpAddr::V4(a) => v4.push(a),
                 IpAddr::V6(a) => v6.push(a),
             }
         }
-        self.steer.held(&v4, &v6);
+        (v4, v6)
+    }
+
+    fn steer_held(&self) -> Result<(), String> {
+        let (v4, v6) = self.held();
+        self.steer.held(&v4, &v6)
     }
 
     fn save(&self) {
@@ -451,13 +548,21 @@ impl Run {
         }
     }
 
-    /// On stop: nothing steered, nothing left on the device.
+    /// On stop: nothing left on the device, then nothing steered.
     fn release_all(&mut self) {
-        self.steer.held(&[], &[]);
+        if self.released {
+            return;
+        }
+        self.released = true;
         for i in 0..self.claims.len() {
             self.unassign(i);
         }
-        self.file.remove();
+        if let Err(e) = self.steer.held(&[], &[]) {
+            log::error!("{e}");
+        }
+        if !self.leftover.load(Ordering::Relaxed) {
+            self.file.remove();
+        }
     }
 
     /// A uniform draw from [0, jitter].
@@ -471,6 +576,13 @@ impl Run {
         self.rng ^= self.rng << 17;
         let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         self.jitter.mul_f64(unit)
+    }
+}
+
+impl Drop for Run {
+    /// A thread that unwinds still leaves nothing behind.
+    fn drop(&mut self) {
+        self.release_all();
     }
 }
 

@@ -1,5 +1,7 @@
 //! The state file: which addresses this process added to its device, so
 //! that a restart after a crash or SIGKILL removes them before claiming.
+//! A lock file beside it, held while the process lives, tells a live
+//! owner from a dead one.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -17,6 +19,15 @@ pub struct Saved {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "another rusty_rail holds {path} (it runs on the same device in this network namespace); stop it first"
+    )]
+    Busy { path: PathBuf },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the state file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -26,7 +37,8 @@ pub enum Error {
     Read { path: PathBuf, message: String },
 }
 
-/// `<RR_STATE_DIR>/<device>.json`.
+/// `<RR_STATE_DIR>/<device>.<netns>.json`: device names repeat across
+/// network namespaces, so the namespace's inode is part of the name.
 #[derive(Debug, Clone)]
 pub struct File {
     path: PathBuf,
@@ -35,7 +47,31 @@ pub struct File {
 impl File {
     pub fn new(dir: &Path, device: &str) -> File {
         File {
-            path: dir.join(format!("{device}.json")),
+            path: dir.join(format!("{device}.{}.json", netns_inode())),
+        }
+    }
+
+    /// Takes the lock for this device, held until the `Lock` drops (or the
+    /// process dies): only one rusty_rail manages a device's addresses.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let path = self.path.with_extension("lock");
+        let err = |source| Error::Lock {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
         }
     }
 
@@ -92,11 +128,22 @@ impl File {
     }
 }
 
-/// True when `pid` is a live process other than us running rusty_rail.
-pub fn other_rusty_rail(pid: u32) -> bool {
-    pid != std::process::id()
-        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim_end() == "rusty_rail")
+/// An exclusive lock on a device's state, released on drop or death.
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// The inode of our network namespace (`/proc/self/ns/net` links to
+/// `net:[4026531840]`), or 0 when it cannot be read.
+fn netns_inode() -> u64 {
+    std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|link| {
+            let text = link.to_string_lossy().into_owned();
+            text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -123,7 +170,8 @@ mod tests {
             ],
         };
         f.write(&saved).unwrap();
-        assert_eq!(f.path(), d.join("sub/eth0.json"));
+        assert_eq!(f.path(), d.join(format!("sub/eth0.{}.json", netns_inode())));
+        assert_ne!(netns_inode(), 0);
         assert_eq!(f.read().unwrap(), Some(saved.clone()));
         f.write(&Saved {
             addresses: Vec::new(),
@@ -141,14 +189,20 @@ mod tests {
         let f = File::new(&d, "eth0");
         std::fs::write(f.path(), "{not json").unwrap();
         let err = f.read().unwrap_err().to_string();
-        assert!(err.contains("eth0.json") && !err.contains('\n'), "{err}");
+        assert!(err.contains("eth0.") && !err.contains('\n'), "{err}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
-    fn we_and_dead_or_foreign_pids_are_not_another_rusty_rail() {
-        assert!(!other_rusty_rail(std::process::id()));
-        assert!(!other_rusty_rail(1));
-        assert!(!other_rusty_rail(u32::MAX));
+    fn the_lock_is_exclusive_until_dropped() {
+        let d = dir("lock");
+        let f = File::new(&d, "eth0");
+        let held = f.lock().unwrap();
+        let err = f.lock().unwrap_err();
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
+        assert!(!err.to_string().contains('\n'));
+        drop(held);
+        f.lock().unwrap();
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
