@@ -367,6 +367,17 @@ fn the_holder_is_in_the_peers_neighbour_table_within_one_interval_and_leaves_not
     }
     assert!(log.contains("added 10.61.0.100/24 to l0"), "{log}");
     assert!(log.contains("added fd61::100/64 to l0"), "{log}");
+    // An address removed behind its back is put back within a second or so.
+    world.lbs[0].ip(&format!("addr del {VIP4}/24 dev l0"));
+    assert!(
+        eventually(Duration::from_secs(3), || holds(&world, 0)),
+        "{}",
+        node.stderr_so_far()
+    );
+    assert!(
+        node.stderr_so_far()
+            .contains("vanished from l0; added it back")
+    );
     let files = state_files(&state);
     assert_eq!(files.len(), 1, "{files:?}");
     let saved = std::fs::read_to_string(&files[0]).expect("state file while running");
