@@ -20,6 +20,8 @@ use pnet_packet::ethernet::{EtherTypes, EthernetPacket};
 use pnet_packet::icmpv6::ndp::{NeighborAdvertPacket, NeighborSolicitPacket};
 use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types};
 use pnet_packet::ipv6::Ipv6Packet;
+use rusty_rail::dataplane::flow::Hasher;
+use rusty_rail::maglev::{Backend, Table};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -686,50 +688,35 @@ fn plain_tcp_to_the_vip_reaches_the_maglev_backend_gre_encapsulated_from_the_nod
     let state = state_dir("plain", 0);
     let node = start(&world, 0, "fail", &state);
     assert!(eventually(WAIT, || holds(&world, 0)));
-    let ports: Vec<RawPort> = world
-        .backends
-        .iter()
-        .map(|ns| RawPort::open(ns, "b0"))
-        .collect();
     let sports: Vec<u16> = (0..12).map(|i| 41_000 + i).collect();
-    let frames = std::thread::scope(|s| {
-        let receivers: Vec<_> = ports
-            .into_iter()
-            .map(|mut port| s.spawn(move || port.capture(Duration::from_millis(1500), is_gre)))
-            .collect();
-        // Real SYNs from the peer's kernel, from known ports.
-        world.gen_ns.run(|| {
-            for &sport in &sports {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                        .unwrap();
-                socket
-                    .bind(&std::net::SocketAddr::from((GEN_IP, sport)).into())
-                    .unwrap();
-                socket.set_nonblocking(true).unwrap();
-                let _ = socket.connect(&std::net::SocketAddr::from((VIP4, 80)).into());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        receivers
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
-    });
-    let mut seen = std::collections::BTreeMap::new();
-    for (b, list) in frames.iter().enumerate() {
-        for frame in list {
-            let sport = check_plain(frame, b);
-            seen.entry(sport).or_insert(b);
+    // Real SYNs from the peer's kernel, from known ports.
+    let seen = through_backends(&world, is_gre, check_plain, || {
+        for &sport in &sports {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(&std::net::SocketAddr::from((GEN_IP, sport)).into())
+                .unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let _ = socket.connect(&std::net::SocketAddr::from((VIP4, 80)).into());
+            std::thread::sleep(Duration::from_millis(20));
         }
-    }
+    });
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
         sports,
         "every SYN arrived"
     );
+    let set = BACKENDS.map(IpAddr::V4);
+    let hasher = Hasher::new(&KEY_BYTES);
     for (sport, b) in &seen {
-        assert_eq!(BACKENDS[*b], tcp_pick(*sport), "port {sport}");
+        let hash = hasher.v4(
+            GEN_IP.octets(),
+            VIP4.octets(),
+            6,
+            u32::from(*sport) << 16 | 80,
+        );
+        assert_eq!(set[*b], maglev(&set, hash), "port {sport}");
     }
     assert!(
         seen.values()
@@ -742,28 +729,51 @@ fn plain_tcp_to_the_vip_reaches_the_maglev_backend_gre_encapsulated_from_the_nod
     let _ = std::fs::remove_dir_all(&state);
 }
 
-/// The Maglev pick for the peer's TCP flow from `sport` to VIP4:80.
-fn tcp_pick(sport: u16) -> Ipv4Addr {
-    use rusty_rail::dataplane::flow::Hasher;
-    use rusty_rail::maglev::{Backend, Table};
-    let backends: Vec<Backend> = BACKENDS
+/// Runs `send` in the peer's namespace while every backend captures the
+/// frames `filter` passes for 1.5 s; returns, per client port (as `check`
+/// reads it from a frame backend `b` got), the backend.
+fn through_backends(
+    world: &World,
+    filter: fn(&[u8]) -> bool,
+    check: fn(&[u8], usize) -> u16,
+    send: impl FnOnce() + Send,
+) -> std::collections::BTreeMap<u16, usize> {
+    let ports: Vec<RawPort> = world
+        .backends
+        .iter()
+        .map(|ns| RawPort::open(ns, "b0"))
+        .collect();
+    let frames = std::thread::scope(|s| {
+        let receivers: Vec<_> = ports
+            .into_iter()
+            .map(|mut port| s.spawn(move || port.capture(Duration::from_millis(1500), filter)))
+            .collect();
+        world.gen_ns.run(send);
+        receivers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut seen = std::collections::BTreeMap::new();
+    for (b, list) in frames.iter().enumerate() {
+        for frame in list {
+            seen.entry(check(frame, b)).or_insert(b);
+        }
+    }
+    seen
+}
+
+/// The pure Maglev table's pick over `set` (weights 1) for `hash`.
+fn maglev(set: &[IpAddr], hash: u64) -> IpAddr {
+    let backends: Vec<Backend> = set
         .iter()
         .map(|b| Backend {
-            addr: (*b).into(),
+            addr: *b,
             weight: 1,
         })
         .collect();
     let table = Table::build(&backends, &KEY_BYTES, 65537).unwrap();
-    let hash = Hasher::new(&KEY_BYTES).v4(
-        GEN_IP.octets(),
-        VIP4.octets(),
-        6,
-        u32::from(sport) << 16 | 80,
-    );
-    match table.lookup(hash).unwrap().addr {
-        IpAddr::V4(a) => a,
-        other => panic!("{other}"),
-    }
+    table.lookup(hash).unwrap().addr
 }
 
 /// Checks, with etherparse, a GRE frame backend `b` got for a plain SYN
@@ -827,44 +837,32 @@ fn plain_udp_to_an_ipv6_vip_reaches_its_backend_in_gre_over_ipv6_and_the_host_ne
     let out = world.lbs[0].exec(&["ip", "-6", "route", "get", "fd61::10"]);
     let route = String::from_utf8_lossy(&out.stdout);
     assert!(route.contains("src fd61::1 "), "{route}");
-    let ports: Vec<RawPort> = world
-        .backends
-        .iter()
-        .map(|ns| RawPort::open(ns, "b0"))
-        .collect();
     let sports: Vec<u16> = (0..12).map(|i| 42_000 + i).collect();
-    let frames = std::thread::scope(|s| {
-        let receivers: Vec<_> = ports
-            .into_iter()
-            .map(|mut port| s.spawn(move || port.capture(Duration::from_millis(1500), is_gre6)))
-            .collect();
-        world.gen_ns.run(|| {
-            for &sport in &sports {
-                let socket = std::net::UdpSocket::bind(("fd61::10", sport)).expect("bind");
-                socket
-                    .send_to(b"rusty_rail v6", (VIP6, 5000))
-                    .expect("send");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        receivers
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
-    });
-    let mut seen = std::collections::BTreeMap::new();
-    for (b, list) in frames.iter().enumerate() {
-        for frame in list {
-            seen.entry(check_plain6(frame, b)).or_insert(b);
+    let seen = through_backends(&world, is_gre6, check_plain6, || {
+        for &sport in &sports {
+            let socket = std::net::UdpSocket::bind(("fd61::10", sport)).expect("bind");
+            socket
+                .send_to(b"rusty_rail v6", (VIP6, 5000))
+                .expect("send");
+            std::thread::sleep(Duration::from_millis(20));
         }
-    }
+    });
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
         sports,
         "every datagram arrived"
     );
+    let set = BACKENDS6.map(IpAddr::V6);
+    let peer: Ipv6Addr = "fd61::10".parse().unwrap();
+    let hasher = Hasher::new(&KEY_BYTES);
     for (sport, b) in &seen {
-        assert_eq!(BACKENDS6[*b], udp6_pick(*sport), "port {sport}");
+        let hash = hasher.v6(
+            peer.octets(),
+            VIP6.octets(),
+            17,
+            u32::from(*sport) << 16 | 5000,
+        );
+        assert_eq!(set[*b], maglev(&set, hash), "port {sport}");
     }
     stop_and_check_clean(&world, 0, node, &state, Signal::SIGTERM);
     let _ = std::fs::remove_dir_all(&state);
@@ -872,31 +870,6 @@ fn plain_udp_to_an_ipv6_vip_reaches_its_backend_in_gre_over_ipv6_and_the_host_ne
 
 fn is_gre6(frame: &[u8]) -> bool {
     frame.len() > 54 && frame[12..14] == [0x86, 0xdd] && frame[20] == 47
-}
-
-/// The Maglev pick for the peer's UDP flow from `sport` to [VIP6]:5000.
-fn udp6_pick(sport: u16) -> Ipv6Addr {
-    use rusty_rail::dataplane::flow::Hasher;
-    use rusty_rail::maglev::{Backend, Table};
-    let backends: Vec<Backend> = BACKENDS6
-        .iter()
-        .map(|b| Backend {
-            addr: (*b).into(),
-            weight: 1,
-        })
-        .collect();
-    let table = Table::build(&backends, &KEY_BYTES, 65537).unwrap();
-    let peer: Ipv6Addr = "fd61::10".parse().unwrap();
-    let hash = Hasher::new(&KEY_BYTES).v6(
-        peer.octets(),
-        VIP6.octets(),
-        17,
-        u32::from(sport) << 16 | 5000,
-    );
-    match table.lookup(hash).unwrap().addr {
-        IpAddr::V6(a) => a,
-        other => panic!("{other}"),
-    }
 }
 
 /// Checks, with etherparse, a GRE-over-IPv6 frame backend `b` got for a

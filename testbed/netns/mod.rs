@@ -476,23 +476,32 @@ impl RawPort {
         let mut got = Vec::new();
         let mut deadline = Instant::now() + timeout;
         while got.len() < want && Instant::now() < deadline {
-            match self.rx.next() {
-                Ok(frame) => {
-                    let outgoing = frame.len() >= 12 && frame[6..12] == self.mac;
-                    if !outgoing && filter(frame) {
-                        got.push(frame.to_vec());
-                        deadline = Instant::now() + timeout;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => panic!("{}: receive: {e}", self.ifname),
+            if let Some(frame) = self.next_incoming(&filter) {
+                got.push(frame);
+                deadline = Instant::now() + timeout;
             }
         }
         got
+    }
+
+    /// The next frame that is not our own outgoing one and passes
+    /// `filter`; None when a read times out or the frame does not pass.
+    fn next_incoming(&mut self, filter: &impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        match self.rx.next() {
+            Ok(frame) => {
+                let outgoing = frame.len() >= 12 && frame[6..12] == self.mac;
+                (!outgoing && filter(frame)).then(|| frame.to_vec())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("{}: receive: {e}", self.ifname),
+        }
     }
 
     /// Every frame that passes `filter` during `duration` (not counting
@@ -513,19 +522,8 @@ impl RawPort {
         let mut got = Vec::new();
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
-            match self.rx.next() {
-                Ok(frame) => {
-                    let outgoing = frame.len() >= 12 && frame[6..12] == self.mac;
-                    if !outgoing && filter(frame) {
-                        got.push((Instant::now(), frame.to_vec()));
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => panic!("{}: receive: {e}", self.ifname),
+            if let Some(frame) = self.next_incoming(&filter) {
+                got.push((Instant::now(), frame));
             }
         }
         got
