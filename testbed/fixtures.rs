@@ -1,9 +1,10 @@
 //! Packet fixtures for `dataplane::process_in`, in Katran's style: one
 //! table of named cases, each an input frame, the expected `Outcome` and
 //! the expected output frame (the oracle's rewrite or encapsulation for
-//! `Forward`, the input itself otherwise: `process_in` must not touch what
-//! it does not forward, spare room included). Each case also runs through
-//! `process`, which has no room to encapsulate in.
+//! `Forward`, its ICMP error for `Reply`, the input itself otherwise:
+//! `process_in` must not touch what it neither forwards nor answers, spare
+//! room included). Each case also runs through `process`, which has no
+//! room to encapsulate in.
 //!
 //! Frames are built with etherparse and pnet_packet only (see
 //! `fixtures/build.rs`); no `rusty_rail::wire` encoder is used. Byte-exact
@@ -36,8 +37,8 @@ pub struct Case {
     pub env: Rc<Env>,
     pub input: Vec<u8>,
     pub expected: Outcome,
-    /// The frame after `process`: the oracle's frame for `Forward`, the
-    /// input for everything else.
+    /// The frame after `process`: the oracle's frame for `Forward` and
+    /// `Reply`, the input for everything else.
     pub output: Vec<u8>,
     /// Where the GRE packet (header + inner, no padding) sits, when the
     /// input is GRE; used for the "GRE untouched, checksum valid" checks.
@@ -105,6 +106,26 @@ impl Case {
         }
     }
 
+    /// Plain IP to an announced VIP, too big once encapsulated, answered
+    /// in place with the oracle's ICMP error from the node's primary
+    /// address of its family, advertising the MTU less the encapsulation.
+    /// `process`, without room, answers alike.
+    fn reply(description: &'static str, env: &Rc<Env>, frame: &Frame) -> Case {
+        let (src, mtu) = match frame.l3 {
+            L3::V4(_) => (IpAddr::from(env.primary_v4.unwrap()), env.mtu - 24),
+            L3::V6(_) => (IpAddr::from(env.primary_v6.unwrap()), env.mtu - 44),
+        };
+        Case {
+            description,
+            env: Rc::clone(env),
+            input: frame.bytes(),
+            expected: REPLIED,
+            output: frame.too_big_reply(NODE_MAC, src, mtu),
+            gre: None,
+            without_room: None,
+        }
+    }
+
     /// Plain IP to an announced VIP, not forwarded. `chosen`: it got as
     /// far as choosing a backend, which comes after the size check, so
     /// without room it is too big.
@@ -128,7 +149,7 @@ impl Case {
         input: Vec<u8>,
         verdict: Verdict,
     ) -> Case {
-        assert_ne!(verdict, Verdict::Forward, "fixture bug in {description:?}");
+        assert!(!verdict.transmits(), "fixture bug in {description:?}");
         Case {
             description,
             env: Rc::clone(env),
@@ -157,6 +178,7 @@ impl Case {
 }
 
 const TOO_BIG: Outcome = Outcome::of(Verdict::Drop(DropReason::TooBig), None);
+const REPLIED: Outcome = Outcome::of(Verdict::Reply(DropReason::TooBig), None);
 
 /// The outer flow label of an encapsulated IPv6 packet: the low 20 bits
 /// of its flow hash, over the 5-tuple as etherparse reads it.
@@ -916,10 +938,47 @@ pub fn cases() -> Vec<Case> {
         // 1500 bytes: 1524 once in GRE/IPv4, over the 1500-byte MTU.
         let big = udp4_with(CLIENT_V4, VIP_A4, 40003, 53, &[0x5a; 1472]);
         assert_eq!(big.len(), 1500, "fixture bug");
-        c.push(Case::plain(
-            "plain IPv4 UDP of 1500 bytes to an announced VIP: too big once encapsulated",
+        c.push(Case::reply(
+            "plain IPv4 UDP of 1500 bytes with DF to an announced VIP: answered with \
+             fragmentation needed, MTU 1476, quoting 548 bytes",
             std,
-            &plain(big),
+            &plain(big.clone()),
+        ));
+        let mut f = plain(big.clone());
+        f.v4().dont_fragment = false;
+        c.push(Case::plain(
+            "plain IPv4 UDP of 1500 bytes without DF to an announced VIP: too big, not answered",
+            std,
+            &f,
+            Verdict::Drop(TooBig),
+            false,
+        ));
+        c.push(Case::reply(
+            "tagged plain IPv4 of 1500 bytes with DF on VLAN 100: answered with its tag kept",
+            &e.vlan100,
+            &plain(big).tagged(100, 5),
+        ));
+        let big6 = udp6_with(CLIENT_V6, VIP_A6, 40003, 53, &[0x5a; 1452]);
+        assert_eq!(big6.len(), 1500, "fixture bug");
+        c.push(Case::reply(
+            "plain IPv6 UDP of 1500 bytes to an announced VIP: answered with packet too big, \
+             MTU 1456, quoting 1232 bytes",
+            std,
+            &plain(big6),
+        ));
+        c.push(Case::plain(
+            "ICMP fragmentation needed of 1500 bytes to an announced VIP: too big, an error \
+             is never answered",
+            std,
+            &plain(icmp4_frag_needed_of_len(CLIENT_V4, VIP_A4, 1500)),
+            Verdict::Drop(TooBig),
+            false,
+        ));
+        c.push(Case::plain(
+            "ICMPv6 packet too big of 1500 bytes to an announced VIP: too big, an error is \
+             never answered",
+            std,
+            &plain(icmp6_too_big_of_len(CLIENT_V6, VIP_A6, 1500)),
             Verdict::Drop(TooBig),
             false,
         ));
@@ -1029,6 +1088,10 @@ fn check_without_room(case: &Case) -> Option<String> {
         Some(outcome) => (outcome, &case.input),
         None => (case.expected, &case.output),
     };
+    // `process` gives no length: an error fills the front of the frame.
+    if let Verdict::Reply(_) = expected.verdict {
+        frame.truncate(output.len());
+    }
     (outcome != expected || frame != *output).then(|| {
         format!(
             "[{}] without room: {outcome:?}, expected {expected:?}; {}",
@@ -1073,16 +1136,19 @@ fn mismatches(case: &Case) -> Vec<String> {
         let what = match (case.expected.verdict, outcome.verdict) {
             (Verdict::Forward, Verdict::Forward) => "forwarded frame differs from the oracle",
             (Verdict::Forward, _) => "frame is not the oracle's rewrite",
-            _ => "frame was modified although not forwarded",
+            (Verdict::Reply(_), Verdict::Reply(_)) => "ICMP error differs from the oracle",
+            (Verdict::Reply(_), _) => "frame is not the oracle's ICMP error",
+            _ => "frame was modified although neither forwarded nor answered",
         };
         out.push(format!(
             "[{d}] ({env}) {what}: {}",
             first_difference(&case.output, &frame)
         ));
     }
-    if outcome.verdict == Verdict::Forward {
+    if outcome.verdict.transmits() {
         // Whatever the expectation, a forwarded frame must carry GRE and
-        // the inner packet untouched, with a valid outer checksum.
+        // the inner packet untouched, and a sent frame a valid IPv4
+        // header checksum.
         if let Some(gre) = &case.gre {
             if frame.get(gre.clone()) != case.input.get(gre.clone()) {
                 out.push(format!("[{d}] GRE or inner bytes changed"));
@@ -1129,9 +1195,9 @@ fn fixture_table() {
         if !seen.insert(case.description) {
             failures.push(format!("[{}] duplicate description", case.description));
         }
-        // Fixture self-checks: non-forwarded frames are expected back
-        // unchanged; GRE checksums in inputs are valid.
-        if case.expected.verdict != Verdict::Forward && case.output != case.input {
+        // Fixture self-checks: frames neither forwarded nor answered are
+        // expected back unchanged; GRE checksums in inputs are valid.
+        if !case.expected.verdict.transmits() && case.output != case.input {
             failures.push(format!(
                 "[{}] fixture bug: output differs from input",
                 case.description
@@ -1158,22 +1224,28 @@ fn fixture_table() {
     );
 }
 
-/// Tallies of the table's expected verdicts, counted by hand.
-fn expected_tallies(cases: &[Case]) -> (u64, u64, u64, Vec<(DropReason, u64)>) {
+/// Tallies of the table's expected verdicts, counted by hand: received,
+/// forwarded, to the host, ICMP errors sent, and drops by reason (an
+/// answered packet is dropped too).
+type Tallies = (u64, u64, u64, u64, Vec<(DropReason, u64)>);
+
+fn expected_tallies(cases: &[Case]) -> Tallies {
     let count = |v: Verdict| cases.iter().filter(|c| c.expected.verdict == v).count() as u64;
+    let replies = DropReason::ALL.iter().map(|&r| count(Verdict::Reply(r)));
     (
         cases.len() as u64,
         count(Verdict::Forward),
         count(Verdict::ToHost),
+        replies.sum(),
         DropReason::ALL
             .iter()
-            .map(|&r| (r, count(Verdict::Drop(r))))
+            .map(|&r| (r, count(Verdict::Drop(r)) + count(Verdict::Reply(r))))
             .collect(),
     )
 }
 
 fn compare_counters(what: &str, counters: &Counters, cases: &[Case]) -> Vec<String> {
-    let (rx, forwarded, to_host, dropped) = expected_tallies(cases);
+    let (rx, forwarded, to_host, icmp_sent, dropped) = expected_tallies(cases);
     let mut problems = Vec::new();
     let mut check = |name: &str, got: u64, want: u64| {
         if got != want {
@@ -1183,6 +1255,7 @@ fn compare_counters(what: &str, counters: &Counters, cases: &[Case]) -> Vec<Stri
     check("rx", counters.rx, rx);
     check("forwarded", counters.forwarded, forwarded);
     check("to_host", counters.to_host, to_host);
+    check("icmp_sent", counters.icmp_sent, icmp_sent);
     for (reason, want) in dropped {
         check(
             &format!("dropped[{}]", reason.name()),
@@ -1200,7 +1273,7 @@ fn compare_counters(what: &str, counters: &Counters, cases: &[Case]) -> Vec<Stri
 fn counters_match_the_table() {
     let cases = cases();
     let mut problems = Vec::new();
-    for (reason, n) in expected_tallies(&cases).3 {
+    for (reason, n) in expected_tallies(&cases).4 {
         if n == 0 {
             problems.push(format!("the table has no {} case", reason.name()));
         }
@@ -1221,13 +1294,14 @@ fn counters_match_the_table() {
 }
 
 /// The oracle and the builders agree with an independent parser: every
-/// Forward case's input and output parse with etherparse, and the output
-/// is addressed as the oracle says.
+/// Forward and Reply case's input and output parse with etherparse, and
+/// the output is addressed as the oracle says: to the backend, or back to
+/// the packet's source.
 #[test]
 fn fixture_frames_parse_with_etherparse() {
     let mut problems = Vec::new();
     for case in cases() {
-        if case.expected.verdict != Verdict::Forward {
+        if !case.expected.verdict.transmits() {
             continue;
         }
         for (which, bytes) in [("input", &case.input), ("output", &case.output)] {
@@ -1244,13 +1318,29 @@ fn fixture_frames_parse_with_etherparse() {
                 Err(err) => problems.push(format!("[{}] {which}: {err}", case.description)),
             }
         }
-        let p = etherparse::SlicedPacket::from_ethernet(&case.output).unwrap();
-        let dst = match &p.net {
-            Some(etherparse::NetSlice::Ipv4(ip)) => IpAddr::from(ip.header().destination_addr()),
-            Some(etherparse::NetSlice::Ipv6(ip)) => IpAddr::from(ip.header().destination_addr()),
-            _ => continue,
+        let addresses = |frame: &[u8]| {
+            let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+            match &p.net {
+                Some(etherparse::NetSlice::Ipv4(ip)) => Some((
+                    IpAddr::from(ip.header().source_addr()),
+                    IpAddr::from(ip.header().destination_addr()),
+                )),
+                Some(etherparse::NetSlice::Ipv6(ip)) => Some((
+                    IpAddr::from(ip.header().source_addr()),
+                    IpAddr::from(ip.header().destination_addr()),
+                )),
+                _ => None,
+            }
         };
-        if Some(dst) != case.expected.backend {
+        let (Some((sender, _)), Some((_, dst))) = (addresses(&case.input), addresses(&case.output))
+        else {
+            continue;
+        };
+        let want = match case.expected.verdict {
+            Verdict::Reply(_) => Some(sender),
+            _ => case.expected.backend,
+        };
+        if Some(dst) != want {
             problems.push(format!(
                 "[{}] oracle output addressed to {dst}",
                 case.description

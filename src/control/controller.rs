@@ -520,6 +520,7 @@ impl api::Control for Controller {
                 .collect(),
             to_host: total.to_host,
             dropped,
+            icmp_sent: total.icmp_sent,
             backends,
             table_generation: s.tables.generation(),
             flow_hits: total.flow_hits,

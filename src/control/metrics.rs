@@ -14,6 +14,8 @@ pub struct Sample {
     pub to_host: u64,
     /// Dropped frames by reason label.
     pub dropped: Vec<(&'static str, u64)>,
+    /// ICMP errors sent back (those packets are in `dropped` too).
+    pub icmp_sent: u64,
     pub backends: Vec<BackendSample>,
     pub table_generation: u64,
     pub flow_hits: u64,
@@ -96,6 +98,13 @@ pub fn render(s: &Sample) -> String {
             *n,
         );
     }
+    family(
+        &mut out,
+        "rr_icmp_sent_total",
+        "counter",
+        "ICMP errors sent back for packets too big to encapsulate.",
+    );
+    sample(&mut out, "rr_icmp_sent_total", &[], s.icmp_sent);
 
     family(
         &mut out,
@@ -200,6 +209,7 @@ mod tests {
             queues: vec![Queue { rx: 10, tx: 7 }, Queue { rx: 3, tx: 0 }],
             to_host: 2,
             dropped: vec![("no_service", 4), ("ttl", 1)],
+            icmp_sent: 3,
             backends: vec![
                 BackendSample {
                     vip: "default".into(),
@@ -239,6 +249,9 @@ rr_to_host_packets_total 2
 # TYPE rr_dropped_packets_total counter
 rr_dropped_packets_total{reason=\"no_service\"} 4
 rr_dropped_packets_total{reason=\"ttl\"} 1
+# HELP rr_icmp_sent_total ICMP errors sent back for packets too big to encapsulate.
+# TYPE rr_icmp_sent_total counter
+rr_icmp_sent_total 3
 # HELP rr_backend_packets_total Frames forwarded to a backend.
 # TYPE rr_backend_packets_total counter
 rr_backend_packets_total{vip=\"default\",backend=\"10.1.0.1\"} 9
@@ -305,13 +318,28 @@ rr_flow_table_entries 42
         }
         assert!(!text.contains("rr_flow_table_entries"));
         assert!(text.contains("\nrr_flow_table_hits_total 0\n"));
+        assert!(text.contains("\nrr_icmp_sent_total 0\n"));
+        check_exposition(&text);
+    }
+
+    #[test]
+    fn icmp_errors_sent_are_one_unlabelled_counter() {
+        let text = render(&Sample {
+            icmp_sent: 12,
+            ..Sample::default()
+        });
+        assert!(text.contains(
+            "# HELP rr_icmp_sent_total ICMP errors sent back for packets too big to encapsulate.\n\
+             # TYPE rr_icmp_sent_total counter\n\
+             rr_icmp_sent_total 12\n"
+        ));
         check_exposition(&text);
     }
 
     #[test]
     fn every_line_is_a_comment_or_a_parseable_sample() {
         let families = check_exposition(&render(&small()));
-        assert_eq!(families.len(), 10);
+        assert_eq!(families.len(), 11);
     }
 
     /// Checks the 0.0.4 grammar we emit: HELP then TYPE once per family,

@@ -3,11 +3,14 @@
 //! `process` is a pure function of a mutable frame and a read-only
 //! `Context`. It never allocates, locks, logs or makes a syscall; callers
 //! count its verdicts in `Counters`. Everything is decided before the frame
-//! is touched, so a frame that is not forwarded is left byte-identical.
+//! is touched, so a frame that is neither forwarded nor replied to is left
+//! byte-identical.
 //!
 //! GRE to one of our addresses is readdressed in place; plain IP to an
 //! announced VIP is wrapped in GRE (`process_in`, which has room for it).
 //! Both hash the client's packet alike, so they pick the same backend.
+//! Plain IP too big for the MTU once wrapped is answered, in place, with
+//! the ICMP error path MTU discovery needs.
 
 pub mod conntrack;
 pub mod flow;
@@ -30,6 +33,18 @@ pub enum Verdict {
     ToHost,
     /// Ours, but it cannot be forwarded.
     Drop(DropReason),
+    /// Not delivered, for this reason, and rewritten in place into an
+    /// ICMP error to its sender: send it back out of the same device,
+    /// like `Forward`. Counted as a drop and as an ICMP error sent.
+    Reply(DropReason),
+}
+
+impl Verdict {
+    /// Whether the frame goes back out of the device it came in on.
+    #[inline]
+    pub const fn transmits(self) -> bool {
+        matches!(self, Verdict::Forward | Verdict::Reply(_))
+    }
 }
 
 /// Why a frame addressed to us was dropped. Each has its own counter.
@@ -53,7 +68,7 @@ pub enum DropReason {
     /// The backend's next hop has no neighbour entry yet.
     NoNeighbour,
     /// Plain IP to a VIP that, encapsulated, would not fit the buffer or
-    /// the MTU.
+    /// the MTU. Answered with `Reply` when it is the MTU and ICMP allows.
     TooBig,
 }
 
@@ -134,6 +149,8 @@ pub struct Counters {
     pub forwarded: u64,
     pub to_host: u64,
     pub dropped: [u64; DropReason::COUNT],
+    /// ICMP errors sent back (`Reply`), also counted in `dropped`.
+    pub icmp_sent: u64,
     pub flow_hits: u64,
     pub flow_misses: u64,
 }
@@ -146,6 +163,10 @@ impl Counters {
             Verdict::Forward => self.forwarded += 1,
             Verdict::ToHost => self.to_host += 1,
             Verdict::Drop(r) => self.dropped[r as usize] += 1,
+            Verdict::Reply(r) => {
+                self.dropped[r as usize] += 1;
+                self.icmp_sent += 1;
+            }
         }
     }
 
@@ -221,11 +242,14 @@ enum Addr {
     V6([u8; 16]),
 }
 
-/// TTL and hop limit of the outer header we add.
+/// TTL and hop limit of the outer header we add, and of ICMP errors.
 const ENCAP_TTL: u8 = 64;
 
-/// Decides the fate of one frame and, for `Forward`, rewrites it in place.
-/// The frame has no spare room, so plain IP to a VIP is `Drop(TooBig)`.
+/// Decides the fate of one frame and, for `Forward` and `Reply`, rewrites
+/// it in place. The frame has no spare room, so plain IP to a VIP is
+/// `Drop(TooBig)`, or `Reply` when it is too big for the MTU too: the
+/// error then fills the front of the frame, up to the Ethernet header and
+/// its IP length (what `process_in` returns).
 #[inline]
 pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome {
     let len = frame.len();
@@ -234,7 +258,7 @@ pub fn process<N: Neighbours>(frame: &mut [u8], ctx: &Context<'_, N>) -> Outcome
 
 /// `process` for a frame in `buf[..len]` with spare room in `buf[len..]`,
 /// which an encapsulated frame grows into. Returns the outcome and the
-/// frame's length afterwards: `len` unless encapsulated.
+/// frame's length afterwards: `len` unless encapsulated or replied to.
 #[inline]
 pub fn process_in<N: Neighbours>(
     buf: &mut [u8],
@@ -250,6 +274,14 @@ pub fn process_in<N: Neighbours>(
     if let Some(plain) = flow.plain
         && !fits(&flow, plain, buf.len(), ctx.mtu)
     {
+        // Too big for the link, not just the buffer: the sender can learn
+        // to send smaller packets (path MTU discovery).
+        if encapsulated_len(&flow, plain) > usize::from(ctx.mtu)
+            && let Some(len) = reply_too_big(buf, len, &flow, plain, ctx)
+        {
+            let reply = Verdict::Reply(DropReason::TooBig);
+            return (Outcome::of(reply, None), len);
+        }
         return (Outcome::drop(DropReason::TooBig), len);
     }
     match choose(&flow, ctx) {
@@ -442,11 +474,169 @@ fn encap_len(v6: bool) -> usize {
     ip + gre::BASE_LEN
 }
 
+/// A plain packet's IP length once encapsulated.
+#[inline(always)]
+fn encapsulated_len(flow: &Flow<'_>, plain: Plain) -> usize {
+    encap_len(flow.v6) + plain.len
+}
+
 /// Whether a plain packet, encapsulated, fits the buffer and the MTU.
 #[inline(always)]
 fn fits(flow: &Flow<'_>, plain: Plain, room: usize, mtu: u16) -> bool {
-    let outer = encap_len(flow.v6) + plain.len;
+    let outer = encapsulated_len(flow, plain);
     outer <= usize::from(mtu) && flow.l3 + outer <= room
+}
+
+/// The most an ICMP error's IP packet may be: RFC 1812 4.3.2.3 for IPv4,
+/// RFC 4443 2.4(c) (the IPv6 minimum MTU) for IPv6.
+const ICMP_ERROR_MAX_V4: usize = 576;
+const ICMP_ERROR_MAX_V6: usize = 1280;
+
+/// Rewrites the plain packet in `buf[..len]`, too big for the MTU once
+/// encapsulated, into "fragmentation needed" (IPv4, DF set) or "packet
+/// too big" (IPv6) to its sender, advertising the MTU less our overhead;
+/// returns the frame's new length. None, the frame untouched, when ICMP
+/// forbids an error (RFC 1812 4.3.2.7, RFC 4443 2.4(e)) or DF is clear.
+///
+/// No rate limit: the error is never longer than the packet it answers
+/// (576 or 1280 bytes against at least the MTU less 23 or 43; with a tiny
+/// MTU the quote is cut to make sure), one per packet, and only to the
+/// packet's own source, so it cannot amplify.
+#[cold]
+#[inline(never)]
+fn reply_too_big<N: Neighbours>(
+    buf: &mut [u8],
+    len: usize,
+    flow: &Flow<'_>,
+    plain: Plain,
+    ctx: &Context<'_, N>,
+) -> Option<usize> {
+    let mtu = u32::from(ctx.mtu).saturating_sub(encap_len(flow.v6) as u32);
+    // Headers are built aside and the quote's checksum read in place, so
+    // the frame changes only once nothing can fail.
+    let mut headers = [0u8; ipv6::HEADER_LEN + icmp::HEADER_LEN];
+    let (client_mac, ip_len, quote) = {
+        let eth = ethernet::Frame::new_checked(buf.get(..len)?).ok()?;
+        // Never about a link-layer broadcast or multicast, nor to one.
+        if eth.dst().is_multicast() || eth.src().is_multicast() {
+            return None;
+        }
+        let packet = eth.payload();
+        let (ip_len, quote) = match flow.src {
+            Addr::V4(node) => {
+                let ip = ipv4::Packet::new_checked(packet).ok()?;
+                let src = ip.src_bytes();
+                if !ip.dont_frag() || ip.frag_offset() != 0 || !one_host_v4(src) {
+                    return None;
+                }
+                if ip.protocol() == ip_proto::ICMP
+                    && ip.payload().first().is_none_or(|&t| icmp::v4::is_error(t))
+                {
+                    return None;
+                }
+                let added = ipv4::HEADER_LEN + icmp::HEADER_LEN;
+                let quote = quote_len(plain.len, added, ICMP_ERROR_MAX_V4, ip.header_len())?;
+                let quote = packet.get(..quote)?;
+                ipv4::Repr {
+                    src: node.into(),
+                    dst: src.into(),
+                    protocol: ip_proto::ICMP,
+                    payload_len: icmp::HEADER_LEN + quote.len(),
+                    ttl: ENCAP_TTL,
+                }
+                .emit_without_df(&mut headers)
+                .ok()?;
+                let error = icmp::ErrorRepr {
+                    msg_type: icmp::v4::DEST_UNREACHABLE,
+                    code: icmp::v4::FRAG_NEEDED,
+                    word: mtu,
+                };
+                let icmp_header = headers.get_mut(ipv4::HEADER_LEN..)?;
+                error.emit_v4(icmp_header, quote).ok()?;
+                (ipv4::HEADER_LEN, quote.len())
+            }
+            Addr::V6(node) => {
+                let ip = ipv6::Packet::new_checked(packet).ok()?;
+                let src = ip.src_bytes();
+                let upper = ip.upper_layer().ok()?;
+                if ip.frag_offset().is_some_and(|o| o != 0) || !one_host_v6(src) {
+                    return None;
+                }
+                if upper.protocol == ip_proto::ICMPV6
+                    && ip
+                        .payload()
+                        .get(upper.offset)
+                        .is_none_or(|&t| icmp::v6::is_error(t))
+                {
+                    return None;
+                }
+                let added = ipv6::HEADER_LEN + icmp::HEADER_LEN;
+                let quote = quote_len(plain.len, added, ICMP_ERROR_MAX_V6, ipv6::HEADER_LEN)?;
+                let quote = packet.get(..quote)?;
+                ipv6::Repr {
+                    src: node.into(),
+                    dst: src.into(),
+                    next_header: ip_proto::ICMPV6,
+                    payload_len: icmp::HEADER_LEN + quote.len(),
+                    hop_limit: ENCAP_TTL,
+                }
+                .emit(&mut headers)
+                .ok()?;
+                let error = icmp::ErrorRepr {
+                    msg_type: icmp::v6::PACKET_TOO_BIG,
+                    code: 0,
+                    word: mtu,
+                };
+                let icmp_header = headers.get_mut(ipv6::HEADER_LEN..)?;
+                error.emit_v6(icmp_header, quote, &node, &src).ok()?;
+                (ipv6::HEADER_LEN, quote.len())
+            }
+        };
+        (eth.src(), ip_len, quote)
+    };
+    let headers = headers.get(..ip_len + icmp::HEADER_LEN)?;
+    let at = flow.l3 + headers.len();
+    let new_len = at + quote;
+    // The quote moves toward the end of a frame that does not grow (see
+    // `quote_len`); a memmove reads nothing after overwriting it.
+    if new_len > len {
+        return None;
+    }
+    buf.copy_within(flow.l3..flow.l3 + quote, at);
+    let frame = buf.get_mut(..new_len)?;
+    if let Some(to) = frame.get_mut(flow.l3..at) {
+        to.copy_from_slice(headers);
+    }
+    if let Ok(mut eth) = ethernet::Frame::new_checked(frame) {
+        eth.set_dst(client_mac);
+        eth.set_src(ctx.mac);
+    }
+    Some(new_len)
+}
+
+/// How much of a `packet_len`-byte packet an error with `headers` bytes
+/// of IP and ICMP header quotes: enough to make it `max` bytes long, or
+/// as long as the packet if that is shorter (only with a tiny MTU). None
+/// when that leaves less than the packet's IP header and 8 bytes, which
+/// its sender needs to match the error to a connection (RFC 792).
+#[inline]
+fn quote_len(packet_len: usize, headers: usize, max: usize, ip_header: usize) -> Option<usize> {
+    let quote = packet_len.min(max).checked_sub(headers)?;
+    (quote >= ip_header + 8).then_some(quote)
+}
+
+/// Whether an IPv4 source names one host: not 0/8 ("this network"),
+/// loopback, multicast, class E or broadcast (RFC 1812 4.3.2.7).
+#[inline]
+fn one_host_v4(src: [u8; 4]) -> bool {
+    src[0] != 0 && src[0] != 127 && src[0] < 224
+}
+
+/// The same for IPv6: not unspecified, loopback or multicast.
+#[inline]
+fn one_host_v6(src: [u8; 16]) -> bool {
+    let a = core::net::Ipv6Addr::from(src);
+    !a.is_unspecified() && !a.is_loopback() && !a.is_multicast()
 }
 
 /// Finds the next hop and wraps the plain packet in `buf[..len]` in GRE
@@ -880,10 +1070,22 @@ mod tests {
         c.record(Verdict::Drop(DropReason::NoBackend));
         c.record(Verdict::Drop(DropReason::NoBackend));
         c.record(Verdict::Drop(DropReason::NoNeighbour));
-        assert_eq!((c.rx, c.forwarded, c.to_host), (5, 1, 1));
+        c.record(Verdict::Drop(DropReason::TooBig));
+        c.record(Verdict::Reply(DropReason::TooBig));
+        assert_eq!((c.rx, c.forwarded, c.to_host), (7, 1, 1));
         assert_eq!(c.dropped(DropReason::NoBackend), 2);
         assert_eq!(c.dropped(DropReason::NoNeighbour), 1);
         assert_eq!(c.dropped(DropReason::TtlExpired), 0);
+        // A reply is a packet not delivered, and an error sent.
+        assert_eq!((c.dropped(DropReason::TooBig), c.icmp_sent), (2, 1));
+    }
+
+    #[test]
+    fn only_forward_and_reply_transmit() {
+        assert!(Verdict::Forward.transmits());
+        assert!(Verdict::Reply(DropReason::TooBig).transmits());
+        assert!(!Verdict::ToHost.transmits());
+        assert!(!Verdict::Drop(DropReason::TooBig).transmits());
     }
 
     #[test]
@@ -1342,28 +1544,406 @@ mod tests {
         assert_eq!((second.backend, second.id), (first.backend, first.id));
     }
 
-    /// A plain IPv4 UDP frame to VIP4 whose packet is `len` bytes long.
-    fn plain_of_len(len: usize) -> Vec<u8> {
+    /// The client's IPv4 UDP packet from `src` to VIP4, `len` bytes long,
+    /// DF as given.
+    fn udp4_of_len(src: [u8; 4], len: usize, df: bool) -> Vec<u8> {
+        let mut h =
+            etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, src, VIP4).unwrap();
+        h.dont_fragment = df;
         let mut out = Vec::new();
-        etherparse::PacketBuilder::ipv4(CLIENT4, VIP4, 64)
+        etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
             .udp(40000, 53)
             .write(&mut out, &vec![0x5a; len - 28])
             .unwrap();
-        plain(&out)
+        out
+    }
+
+    /// The client's IPv6 UDP packet from `src` to VIP6, `len` bytes long.
+    fn udp6_of_len(src: [u8; 16], len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv6(src, VIP6, 64)
+            .udp(40000, 53)
+            .write(&mut out, &vec![0x5a; len - 48])
+            .unwrap();
+        out
+    }
+
+    /// The oracle for an answered too-big packet, built with etherparse:
+    /// back to the client's MAC from ours, the tag kept; from the node's
+    /// primary address to the packet's source; "fragmentation needed"
+    /// (IPv4: TTL 64, id 0, DF clear) or "packet too big" (IPv6: hop
+    /// limit 64) advertising `mtu`, quoting the packet's first `quote`
+    /// bytes.
+    fn too_big_reply(packet: &[u8], tag: Option<(u16, u8)>, mtu: u16, quote: usize) -> Vec<u8> {
+        let quote = &packet[..quote];
+        let mut ip = Vec::new();
+        if packet[0] >> 4 == 4 {
+            let client = etherparse::Ipv4HeaderSlice::from_slice(packet)
+                .unwrap()
+                .source();
+            let icmp = etherparse::Icmpv4Header::with_checksum(
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: mtu,
+                    },
+                ),
+                quote,
+            );
+            let len = u16::try_from(icmp.header_len() + quote.len()).unwrap();
+            let mut h =
+                etherparse::Ipv4Header::new(len, 64, etherparse::IpNumber::ICMP, NODE, client)
+                    .unwrap();
+            h.dont_fragment = false;
+            h.identification = 0;
+            h.write(&mut ip).unwrap();
+            icmp.write(&mut ip).unwrap();
+        } else {
+            let client = etherparse::Ipv6HeaderSlice::from_slice(packet)
+                .unwrap()
+                .source();
+            let icmp = etherparse::Icmpv6Header::with_checksum(
+                etherparse::Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                },
+                NODE6,
+                client,
+                quote,
+            )
+            .unwrap();
+            etherparse::Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: u16::try_from(icmp.header_len() + quote.len()).unwrap(),
+                next_header: etherparse::IpNumber::IPV6_ICMP,
+                hop_limit: 64,
+                source: NODE6,
+                destination: client,
+            }
+            .write(&mut ip)
+            .unwrap();
+            icmp.write(&mut ip).unwrap();
+        }
+        ip.extend_from_slice(quote);
+        ethernet(MAC.0, CLIENT_MAC, tag, &ip)
+    }
+
+    const REPLIED: Outcome = Outcome::of(Verdict::Reply(DropReason::TooBig), None);
+    const TOO_BIG: Outcome = Outcome::of(Verdict::Drop(DropReason::TooBig), None);
+
+    #[test]
+    fn a_plain_packet_that_fits_the_mtu_once_encapsulated_is_still_encapsulated() {
+        let w = world(&["10.1.0.1"]);
+        // 1500 less the 24 bytes of outer IPv4 and GRE fits exactly.
+        let packet = udp4_of_len(CLIENT4, 1476, true);
+        let (out, frame, _) = run_in(&plain(&packet), ROOM, &ctx(&w));
+        let backend = "10.1.0.1".parse().unwrap();
+        assert_eq!(out, Outcome::of(Verdict::Forward, Some(backend)));
+        assert_eq!(frame, encapsulated(&packet, backend, None, 0));
+        assert_eq!(frame.len(), 14 + 1500);
     }
 
     #[test]
-    fn a_plain_packet_too_big_for_the_mtu_once_encapsulated_is_dropped_untouched() {
+    fn an_ipv4_df_packet_one_byte_too_big_gets_the_exact_icmp_frag_needed_frame() {
         let w = world(&["10.1.0.1"]);
+        let mut packet = Vec::new();
+        etherparse::PacketBuilder::ipv4(CLIENT4, VIP4, 64)
+            .tcp(40000, 443, 1, 64240)
+            .ack(7)
+            .write(&mut packet, &[0x5a; 1477 - 40])
+            .unwrap();
+        assert_eq!(packet.len(), 1477);
+        let input = plain(&packet);
+        let (out, frame, buf) = run_in(&input, ROOM, &ctx(&w));
+        assert_eq!(out, REPLIED);
+        // The largest packet that fits once encapsulated: 1500 - 24.
+        assert_eq!(frame, too_big_reply(&packet, None, 1476, 548));
+        assert!(buf[input.len()..].iter().all(|&b| b == SPARE));
+    }
+
+    #[test]
+    fn a_1500_byte_packet_quotes_exactly_548_bytes_so_the_error_is_576() {
+        let w = world(&["10.1.0.1"]);
+        let packet = udp4_of_len(CLIENT4, 1500, true);
+        let (out, frame, _) = run_in(&plain(&packet), ROOM, &ctx(&w));
+        assert_eq!(out, REPLIED);
+        assert_eq!(frame.len(), 14 + 576);
+        let p = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4");
+        };
+        assert_eq!(ip.header().total_len(), 576);
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else {
+            panic!("not ICMP");
+        };
+        assert_eq!(icmp.payload(), &packet[..548]);
+        assert_eq!(
+            icmp.checksum(),
+            icmp.icmp_type().calc_checksum(icmp.payload())
+        );
+        assert_eq!(frame, too_big_reply(&packet, None, 1476, 548));
+    }
+
+    #[test]
+    fn an_ipv4_packet_too_big_without_df_is_dropped_untouched() {
+        let w = world(&["10.1.0.1"]);
+        let input = plain(&udp4_of_len(CLIENT4, 1500, false));
+        let (out, _, buf) = run_in(&input, ROOM, &ctx(&w));
+        assert_eq!(out, TOO_BIG);
+        assert_eq!(buf, untouched(&input, ROOM));
+    }
+
+    #[test]
+    fn an_ipv6_packet_too_big_gets_the_exact_packet_too_big_frame() {
+        let w = v4_and_v6(&[]);
+        let packet = udp6_of_len(CLIENT6, 1500);
+        let input = plain(&packet);
+        let (out, frame, buf) = run_in(&input, ROOM, &ctx(&w));
+        assert_eq!(out, REPLIED);
+        // 1500 - 44, quoting up to the 1280 bytes of the IPv6 minimum MTU.
+        assert_eq!(frame, too_big_reply(&packet, None, 1456, 1232));
+        assert_eq!(frame.len(), 14 + 1280);
+        assert!(buf[input.len()..].iter().all(|&b| b == SPARE));
+        let p = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6");
+        };
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6");
+        };
+        let (src, dst) = (ip.header().source(), ip.header().destination());
+        let sum = icmp.icmp_type().calc_checksum(src, dst, icmp.payload());
+        assert_eq!(Ok(icmp.checksum()), sum);
+        assert_eq!((src, dst), (NODE6, CLIENT6));
+    }
+
+    #[test]
+    fn process_without_spare_room_replies_in_the_frame_it_has() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        for (packet, want) in [
+            (udp4_of_len(CLIENT4, 1500, true), 548),
+            (udp6_of_len(CLIENT6, 1500), 1232),
+        ] {
+            let mut f = plain(&packet);
+            assert_eq!(process(&mut f, &ctx(&w)), REPLIED);
+            let mtu = if want == 548 { 1476 } else { 1456 };
+            let reply = too_big_reply(&packet, None, mtu, want);
+            assert_eq!(f[..reply.len()], reply[..]);
+        }
+    }
+
+    #[test]
+    fn a_tagged_too_big_frame_is_answered_with_its_tag_kept() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut c = ctx(&w);
+        c.vlan = Some(100);
+        for (packet, mtu, quote) in [
+            (udp4_of_len(CLIENT4, 1500, true), 1476, 548),
+            (udp6_of_len(CLIENT6, 1500), 1456, 1232),
+        ] {
+            let input = ethernet(CLIENT_MAC, MAC.0, Some((100, 5)), &packet);
+            let (out, frame, _) = run_in(&input, ROOM, &c);
+            assert_eq!(out, REPLIED);
+            assert_eq!(frame, too_big_reply(&packet, Some((100, 5)), mtu, quote));
+        }
+    }
+
+    #[test]
+    fn a_small_mtu_cuts_the_quote_so_the_error_is_no_longer_than_the_packet() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut c = ctx(&w);
+        c.mtu = 400;
+        let packet = udp4_of_len(CLIENT4, 400, true);
+        let (out, frame, _) = run_in(&plain(&packet), ROOM, &c);
+        assert_eq!(out, REPLIED);
+        assert_eq!(frame, too_big_reply(&packet, None, 376, 400 - 28));
+        c.mtu = 1300;
+        let packet = udp6_of_len(CLIENT6, 1270);
+        let (out, frame, _) = run_in(&plain(&packet), ROOM, &c);
+        assert_eq!(out, REPLIED);
+        assert_eq!(frame, too_big_reply(&packet, None, 1256, 1270 - 48));
+        // Too little left to quote the header and 8 bytes: no reply.
+        c.mtu = 60;
+        let input = plain(&udp4_of_len(CLIENT4, 55, true));
+        let (out, _, buf) = run_in(&input, ROOM, &c);
+        assert_eq!(out, TOO_BIG);
+        assert_eq!(buf, untouched(&input, ROOM));
+        let (out, _, _) = run_in(&plain(&udp4_of_len(CLIENT4, 56, true)), ROOM, &c);
+        assert_eq!(out, REPLIED);
+    }
+
+    /// Asserts that `packet`, sent plain, is dropped as too big with the
+    /// frame untouched.
+    fn assert_unanswered(packet: &[u8], c: &Context<'_, neighbours::Static>, what: &str) {
+        let input = plain(packet);
+        let (out, _, buf) = run_in(&input, ROOM, c);
+        assert_eq!(out, TOO_BIG, "{what}");
+        assert!(buf == untouched(&input, ROOM), "{what}: frame changed");
+    }
+
+    #[test]
+    fn no_reply_to_an_icmp_error_but_to_an_echo() {
+        let w = v4_and_v6(&["10.1.0.1"]);
         let c = ctx(&w);
-        // 1500 less the 24 bytes of outer IPv4 and GRE fits exactly.
-        let (out, frame, _) = run_in(&plain_of_len(1476), ROOM, &c);
-        assert_eq!(out.verdict, Verdict::Forward);
-        assert_eq!(frame.len(), 14 + 1500);
-        let big = plain_of_len(1477);
-        let (out, _, buf) = run_in(&big, ROOM, &c);
-        assert_eq!(out, Outcome::of(Verdict::Drop(DropReason::TooBig), None));
-        assert_eq!(buf, untouched(&big, ROOM));
+        let icmp4 = |t: etherparse::Icmpv4Type| {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ipv4(CLIENT4, VIP4, 64)
+                .icmpv4(t)
+                .write(&mut out, &[0x5a; 1500 - 28])
+                .unwrap();
+            out
+        };
+        let icmp6 = |t: etherparse::Icmpv6Type| {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ipv6(CLIENT6, VIP6, 64)
+                .icmpv6(t)
+                .write(&mut out, &[0x5a; 1500 - 48])
+                .unwrap();
+            out
+        };
+        for type_u8 in [3, 4, 5, 11, 12] {
+            let t = etherparse::Icmpv4Type::Unknown {
+                type_u8,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            };
+            assert_unanswered(&icmp4(t), &c, &format!("ICMP type {type_u8}"));
+        }
+        for type_u8 in [1, 2, 3, 4, 127] {
+            let t = etherparse::Icmpv6Type::Unknown {
+                type_u8,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            };
+            assert_unanswered(&icmp6(t), &c, &format!("ICMPv6 type {type_u8}"));
+        }
+        let echo = etherparse::IcmpEchoHeader { id: 1, seq: 1 };
+        let ping = icmp4(etherparse::Icmpv4Type::EchoRequest(echo));
+        assert_eq!(run_in(&plain(&ping), ROOM, &c).0, REPLIED);
+        let ping = icmp6(etherparse::Icmpv6Type::EchoRequest(echo));
+        assert_eq!(run_in(&plain(&ping), ROOM, &c).0, REPLIED);
+    }
+
+    #[test]
+    fn no_reply_to_a_non_first_fragment_but_to_a_first_one() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let c = ctx(&w);
+        let data = [0x5a; 1480];
+        // IPv4 with DF set, so only the offset stands in the way.
+        let fragment4 = |offset: u16, more: bool| {
+            let mut h = etherparse::Ipv4Header::new(
+                data.len() as u16,
+                64,
+                etherparse::IpNumber::UDP,
+                CLIENT4,
+                VIP4,
+            )
+            .unwrap();
+            h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+            h.more_fragments = more;
+            let mut out = Vec::new();
+            h.write(&mut out).unwrap();
+            out.extend_from_slice(&data);
+            out
+        };
+        let fragment6 = |offset: u16, more: bool| {
+            let fh = etherparse::Ipv6FragmentHeader::new(
+                etherparse::IpNumber::UDP,
+                etherparse::IpFragOffset::try_new(offset).unwrap(),
+                more,
+                7,
+            );
+            let mut out = Vec::new();
+            etherparse::Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: (8 + data.len() - 28) as u16,
+                next_header: etherparse::IpNumber::IPV6_FRAGMENTATION_HEADER,
+                hop_limit: 64,
+                source: CLIENT6,
+                destination: VIP6,
+            }
+            .write(&mut out)
+            .unwrap();
+            out.extend_from_slice(&fh.to_bytes());
+            out.extend_from_slice(&data[28..]);
+            out
+        };
+        assert_unanswered(&fragment4(185, false), &c, "IPv4 at 1480");
+        assert_unanswered(&fragment4(1, true), &c, "IPv4 at 8");
+        assert_unanswered(&fragment6(185, false), &c, "IPv6 at 1480");
+        assert_unanswered(&fragment6(1, true), &c, "IPv6 at 8");
+        assert_eq!(run_in(&plain(&fragment4(0, true)), ROOM, &c).0, REPLIED);
+        assert_eq!(run_in(&plain(&fragment6(0, true)), ROOM, &c).0, REPLIED);
+    }
+
+    #[test]
+    fn no_reply_to_a_source_that_is_not_one_host() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let c = ctx(&w);
+        for src in [
+            [0, 0, 0, 0],
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [224, 0, 0, 1],
+            [239, 255, 255, 250],
+            [240, 0, 0, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert_unanswered(&udp4_of_len(src, 1500, true), &c, &format!("{src:?}"));
+        }
+        for src in ["::", "::1", "ff02::1", "ff0e::1234"] {
+            let a: core::net::Ipv6Addr = src.parse().unwrap();
+            assert_unanswered(&udp6_of_len(a.octets(), 1500), &c, src);
+        }
+    }
+
+    #[test]
+    fn no_reply_to_a_link_layer_broadcast_or_multicast_or_from_a_group_mac() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let c = ctx(&w);
+        let packet = udp4_of_len(CLIENT4, 1500, true);
+        for (src, dst) in [
+            (CLIENT_MAC, [0xff; 6]),
+            (CLIENT_MAC, [0x01, 0, 0x5e, 0, 0, 1]),
+            ([0x01, 0, 0x5e, 0, 0, 1], MAC.0),
+        ] {
+            let input = ethernet(src, dst, None, &packet);
+            let (out, _, buf) = run_in(&input, ROOM, &c);
+            assert_eq!(out, TOO_BIG, "{src:?} -> {dst:?}");
+            assert_eq!(buf, untouched(&input, ROOM));
+        }
+    }
+
+    #[test]
+    fn no_reply_without_a_primary_address_of_the_family() {
+        let w = v4_and_v6(&["10.1.0.1"]);
+        let mut c = ctx(&w);
+        c.primary_v4 = None;
+        c.primary_v6 = None;
+        for packet in [udp4_of_len(CLIENT4, 1500, true), udp6_of_len(CLIENT6, 1500)] {
+            let input = plain(&packet);
+            let (out, _, buf) = run_in(&input, ROOM, &c);
+            // No source for the encapsulation, nor for an error.
+            assert_eq!(out, Outcome::of(Verdict::Drop(DropReason::NoBackend), None));
+            assert_eq!(buf, untouched(&input, ROOM));
+        }
+    }
+
+    #[test]
+    fn a_reply_tracks_no_flow() {
+        let w = World {
+            tables: tracked(&[("10.1.0.1", 1), ("10.1.0.2", 1)]),
+            ..world(&["10.1.0.1", "10.1.0.2"])
+        };
+        let flows = conntrack::Table::new(64, 60);
+        let mut c = ctx(&w);
+        c.flows = Some(&flows);
+        let (out, _, _) = run_in(&plain(&udp4_of_len(CLIENT4, 1500, true)), ROOM, &c);
+        assert_eq!(
+            (out.verdict, out.track, out.id),
+            (REPLIED.verdict, Track::Off, None)
+        );
+        assert_eq!(flows.count(0), 0);
     }
 
     #[test]
@@ -1555,11 +2135,12 @@ mod tests {
         }
 
         /// The same for plain frames to a VIP through `process_in`, with
-        /// any spare room: an unforwarded buffer is untouched, spare room
-        /// included; an encapsulated frame carries the packet unchanged
-        /// behind a valid outer header, and nothing past it changes.
+        /// any spare room: a buffer neither forwarded nor replied to is
+        /// untouched, spare room included; an encapsulated frame carries
+        /// the packet unchanged behind a valid outer header, and nothing
+        /// past it changes; a reply is a valid error (`check_reply`).
         #[test]
-        fn mutated_plain_frames_to_a_vip_never_panic_and_only_forwards_change_bytes(
+        fn mutated_plain_frames_to_a_vip_never_panic_and_only_forwards_and_replies_change_bytes(
             v6 in any::<bool>(),
             edits in proptest::collection::vec((0usize..100, any::<u8>()), 0..4),
             cut in 0usize..120,
@@ -1585,6 +2166,9 @@ mod tests {
             let mut c = ctx(&w);
             c.flows = track.then_some(&flows);
             let (out, f, buf) = run_in(&input, room, &c);
+            if let Verdict::Reply(_) = out.verdict {
+                return check_reply(&input, &f, &buf, &c);
+            }
             if out.verdict != Verdict::Forward {
                 prop_assert_eq!(buf, untouched(&input, room));
                 return Ok(());
@@ -1607,5 +2191,119 @@ mod tests {
                 prop_assert_eq!(&f[l3 + added..], &input[l3..l3 + len]);
             }
         }
+
+        /// Plain frames too big for any MTU, mutated in their headers and
+        /// cut anywhere: no panic; a frame not replied to is untouched
+        /// unless forwarded, and a reply is a valid error (`check_reply`).
+        #[test]
+        fn mutated_too_big_plain_frames_never_panic_and_only_replies_change_bytes(
+            v6 in any::<bool>(),
+            len in 60usize..1600,
+            mtu in 0u16..1700,
+            edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in 0usize..1700,
+            room in 0usize..80,
+        ) {
+            let w = v4_and_v6(&["10.1.0.1", "10.1.0.2"]);
+            let mut input = plain(&if v6 {
+                udp6_of_len(CLIENT6, len)
+            } else {
+                udp4_of_len(CLIENT4, len, true)
+            });
+            for (at, v) in edits {
+                if let Some(b) = input.get_mut(at) {
+                    *b = v;
+                }
+            }
+            input.truncate(cut.max(1));
+            let mut c = ctx(&w);
+            c.mtu = mtu;
+            let (out, f, buf) = run_in(&input, room, &c);
+            match out.verdict {
+                Verdict::Reply(reason) => {
+                    prop_assert_eq!(reason, DropReason::TooBig);
+                    check_reply(&input, &f, &buf, &c)?;
+                }
+                Verdict::Forward => {
+                    let end = f.len().max(input.len());
+                    prop_assert!(buf[end..].iter().all(|&b| b == SPARE));
+                }
+                _ => prop_assert_eq!(buf, untouched(&input, room)),
+            }
+        }
+    }
+
+    /// A reply to `input` (`frame`, in `buf` after it) is an ICMP error
+    /// as etherparse reads it: back to the sender's MAC and address from
+    /// ours, no longer than the input and within 576 or 1280 bytes, with
+    /// valid checksums, the MTU less our overhead, and a quote of the
+    /// input's IP packet. Nothing past the input changed.
+    fn check_reply(
+        input: &[u8],
+        frame: &[u8],
+        buf: &[u8],
+        c: &Context<'_, neighbours::Static>,
+    ) -> Result<(), TestCaseError> {
+        prop_assert!(frame.len() <= input.len());
+        prop_assert!(buf[input.len()..].iter().all(|&b| b == SPARE));
+        let l3 = if input[12..14] == [0x81, 0x00] {
+            18
+        } else {
+            14
+        };
+        prop_assert_eq!(&frame[..6], &input[6..12]);
+        prop_assert_eq!(&frame[6..12], &MAC.0);
+        prop_assert_eq!(&frame[12..l3], &input[12..l3]);
+        // Only the sender's IP header: the rest may be mutated past
+        // what etherparse accepts.
+        let sent = &input[l3..];
+        let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+        let quote = match (&p.net, &p.transport) {
+            (
+                Some(etherparse::NetSlice::Ipv4(ip)),
+                Some(etherparse::TransportSlice::Icmpv4(icmp)),
+            ) => {
+                let sent = etherparse::Ipv4HeaderSlice::from_slice(sent).unwrap();
+                let h = ip.header().to_header();
+                prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
+                prop_assert_eq!((h.source, h.destination), (NODE, sent.source()));
+                prop_assert!(!h.dont_fragment && h.time_to_live == 64);
+                prop_assert!(usize::from(h.total_len) <= 576);
+                prop_assert!(sent.dont_fragment());
+                let want = etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: c.mtu.saturating_sub(24),
+                };
+                prop_assert_eq!(
+                    icmp.icmp_type(),
+                    etherparse::Icmpv4Type::DestinationUnreachable(want)
+                );
+                prop_assert_eq!(
+                    icmp.checksum(),
+                    icmp.icmp_type().calc_checksum(icmp.payload())
+                );
+                icmp.payload()
+            }
+            (
+                Some(etherparse::NetSlice::Ipv6(ip)),
+                Some(etherparse::TransportSlice::Icmpv6(icmp)),
+            ) => {
+                let sent = etherparse::Ipv6HeaderSlice::from_slice(sent).unwrap();
+                let h = ip.header();
+                let (src, dst) = (h.source(), h.destination());
+                prop_assert_eq!((src, dst), (NODE6, sent.source()));
+                prop_assert_eq!(h.hop_limit(), 64);
+                prop_assert!(40 + usize::from(h.payload_length()) <= 1280);
+                let want = etherparse::Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(c.mtu.saturating_sub(44)),
+                };
+                prop_assert_eq!(icmp.icmp_type(), want);
+                let sum = icmp.icmp_type().calc_checksum(src, dst, icmp.payload());
+                prop_assert_eq!(Ok(icmp.checksum()), sum);
+                icmp.payload()
+            }
+            _ => return Err(TestCaseError::fail("a reply that is no ICMP error")),
+        };
+        prop_assert_eq!(quote, &input[l3..l3 + quote.len()]);
+        Ok(())
     }
 }

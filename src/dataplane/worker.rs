@@ -94,7 +94,7 @@ impl Shared {
 /// Frames a port could not place, counted by the worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortDrops {
-    /// `Forward` frames dropped because the TX ring was full.
+    /// `Forward` and `Reply` frames dropped because the TX ring was full.
     pub tx_full: u64,
     /// `ToHost` frames the host path could not take.
     pub host_failed: u64,
@@ -103,13 +103,13 @@ pub struct PortDrops {
 /// A packet I/O backend as the worker loop sees it.
 pub trait Port {
     /// Takes up to `max` received frames, asks `decide` for each verdict
-    /// and queues it: `Forward` to transmit on the same device, `ToHost` to
-    /// the host stack, `Drop` back to the free frames. `decide` gets the
-    /// frame's whole buffer and its length, and returns the verdict and the
-    /// length after it rewrote the frame in place (a `Forward` frame may
-    /// have grown into the buffer's spare room). Also reaps transmitted
-    /// frames and refills the receive side. Returns how many frames were
-    /// taken.
+    /// and queues it: `Forward` and `Reply` to transmit on the same device,
+    /// `ToHost` to the host stack, `Drop` back to the free frames. `decide`
+    /// gets the frame's whole buffer and its length, and returns the
+    /// verdict and the length after it rewrote the frame in place (a
+    /// `Forward` frame may have grown into the buffer's spare room, a
+    /// `Reply` shrunk). Also reaps transmitted frames and refills the
+    /// receive side. Returns how many frames were taken.
     fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
         &mut self,
         max: usize,
@@ -160,6 +160,7 @@ struct StatsInner {
     tx: AtomicU64,
     to_host: AtomicU64,
     dropped: [AtomicU64; DropReason::COUNT],
+    icmp_sent: AtomicU64,
     tx_full: AtomicU64,
     host_failed: AtomicU64,
     flow_hits: AtomicU64,
@@ -172,10 +173,13 @@ struct StatsInner {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     pub rx: u64,
-    /// Frames handed to the TX ring.
+    /// Frames handed to the TX ring: forwarded, and ICMP errors.
     pub tx: u64,
     pub to_host: u64,
+    /// Dropped frames by reason, those answered with an ICMP error too.
     pub dropped: [u64; DropReason::COUNT],
+    /// ICMP errors sent back for packets too big to encapsulate.
+    pub icmp_sent: u64,
     pub tx_full: u64,
     pub host_failed: u64,
     pub flow_hits: u64,
@@ -191,6 +195,7 @@ impl Totals {
         for (a, b) in self.dropped.iter_mut().zip(other.dropped) {
             *a += b;
         }
+        self.icmp_sent += other.icmp_sent;
         self.tx_full += other.tx_full;
         self.host_failed += other.host_failed;
         self.flow_hits += other.flow_hits;
@@ -211,6 +216,7 @@ impl Totals {
         serde_json::json!({
             "rx": self.rx,
             "tx": self.tx,
+            "icmp_sent": self.icmp_sent,
             "to_host": self.to_host,
             "dropped": dropped,
             "flows": {"hits": self.flow_hits, "misses": self.flow_misses},
@@ -230,11 +236,13 @@ impl Stats {
             }
         };
         bump(&s.rx, batch.rx);
-        bump(&s.tx, batch.forwarded.saturating_sub(port.tx_full));
+        let transmitted = batch.forwarded + batch.icmp_sent;
+        bump(&s.tx, transmitted.saturating_sub(port.tx_full));
         bump(&s.to_host, batch.to_host);
         for (counter, n) in s.dropped.iter().zip(batch.dropped) {
             bump(counter, n);
         }
+        bump(&s.icmp_sent, batch.icmp_sent);
         bump(&s.tx_full, port.tx_full);
         bump(&s.host_failed, port.host_failed);
         bump(&s.flow_hits, batch.flow_hits);
@@ -267,6 +275,7 @@ impl Stats {
             tx: s.tx.load(Relaxed),
             to_host: s.to_host.load(Relaxed),
             dropped,
+            icmp_sent: s.icmp_sent.load(Relaxed),
             tx_full: s.tx_full.load(Relaxed),
             host_failed: s.host_failed.load(Relaxed),
             flow_hits: s.flow_hits.load(Relaxed),

@@ -130,7 +130,7 @@ impl Port for Socket {
         for (i, buf) in self.bufs.iter_mut().enumerate().take(n) {
             // The whole buffer: an encapsulated frame grows into it.
             let (verdict, len) = decide(buf, lens[i].min(FRAME));
-            if verdict == Verdict::Forward {
+            if verdict.transmits() {
                 out[forward] = iovec(&mut buf[..len.min(FRAME)]);
                 forward += 1;
             }

@@ -328,6 +328,19 @@ mod tests {
         out
     }
 
+    /// Plain UDP from the client at `from` to VIP4, port `port`, 1500
+    /// bytes of IPv4 with DF set (etherparse's default): 24 bytes too big
+    /// for a 1500-byte MTU once encapsulated.
+    fn too_big(from: [u8; 6], to: [u8; 6], port: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(from, to)
+            .ipv4(CLIENT4, VIP4.octets(), 64)
+            .udp(port, 53)
+            .write(&mut out, &[0x5a; 1500 - 28])
+            .unwrap();
+        out
+    }
+
     /// GRE to LOCAL4 carrying plain UDP to VIP4 from `port`.
     fn gre(to: [u8; 6], port: u16) -> Vec<u8> {
         let mut inner = Vec::new();
@@ -438,8 +451,8 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_transmits_a_plain_frame_encapsulated_at_its_grown_length() {
-        let Some(ns) = setup("a_socket_transmits_an_encapsulated_frame") else {
+    fn a_socket_sends_plain_frames_encapsulated_at_their_grown_length_and_answers_a_too_big_one() {
+        let Some(ns) = setup("a_socket_sends_encapsulated_frames_and_answers_a_too_big_one") else {
             return;
         };
         let mut peer = RawPort::open(&ns, "pe0");
@@ -485,6 +498,7 @@ mod tests {
                 gre(dev.mac, 2001),
                 udp(dev.mac, VIP4.into(), 2002),
                 udp(dev.mac, VIP6.into(), 2003),
+                too_big(peer_mac, dev.mac, 2004),
             ];
             for f in &sent {
                 peer.send(f);
@@ -493,7 +507,7 @@ mod tests {
                 let (out, len) = process_in(buf, len, &ctx);
                 (out.verdict, len)
             });
-            assert_eq!(ports, [2001, 2002, 2003]);
+            assert_eq!(ports, [2001, 2002, 2003, 2004]);
             let is_gre = |f: &[u8]| match SlicedPacket::from_ethernet(f).map(|p| p.net) {
                 Ok(Some(etherparse::NetSlice::Ipv4(ip))) => {
                     ip.header().protocol() == IpNumber::GRE
@@ -505,7 +519,48 @@ mod tests {
                 }
                 _ => false,
             };
-            let got = peer.recv_matching(3, Duration::from_secs(1), is_gre);
+            let is_error = |f: &[u8]| match SlicedPacket::from_ethernet(f) {
+                Ok(p) => matches!(
+                    (p.net, p.transport),
+                    (
+                        Some(etherparse::NetSlice::Ipv4(_)),
+                        Some(etherparse::TransportSlice::Icmpv4(_))
+                    )
+                ),
+                Err(_) => false,
+            };
+            let (errors, got): (Vec<_>, Vec<_>) = peer
+                .recv_matching(4, Duration::from_secs(1), |f| is_gre(f) || is_error(f))
+                .into_iter()
+                .partition(|f| is_error(f));
+            // The too-big packet comes back to its sender as "fragmentation
+            // needed", from the node, quoting the packet's first 548 bytes.
+            let [error] = &errors[..] else {
+                panic!("{} ICMP errors", errors.len());
+            };
+            assert_eq!(error.len(), 14 + 576);
+            assert_eq!((&error[..6], &error[6..12]), (&peer_mac[..], &dev.mac[..]));
+            let p = SlicedPacket::from_ethernet(error).unwrap();
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+                unreachable!();
+            };
+            let h = ip.header();
+            assert_eq!((h.source_addr(), h.destination()), (LOCAL4, CLIENT4));
+            let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &p.transport else {
+                unreachable!();
+            };
+            let frag_needed = etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1476,
+            };
+            assert_eq!(
+                icmp.icmp_type(),
+                etherparse::Icmpv4Type::DestinationUnreachable(frag_needed)
+            );
+            assert_eq!(
+                icmp.checksum(),
+                icmp.icmp_type().calc_checksum(icmp.payload())
+            );
+            assert_eq!(icmp.payload(), &sent[3][14..14 + 548]);
             let mut lens: Vec<usize> = got.iter().map(Vec::len).collect();
             lens.sort_unstable();
             // GRE readdressed in place; plain IPv4 and IPv6 grown by their

@@ -303,7 +303,8 @@ impl Port for Socket {
             // Back to the frame's length, which the TX descriptor carries.
             data.cursor().set_pos(len.min(room));
             match verdict {
-                Verdict::Forward => self.tx_batch.push(desc),
+                // A reply goes back out as a forwarded frame does.
+                Verdict::Forward | Verdict::Reply(_) => self.tx_batch.push(desc),
                 Verdict::ToHost => {
                     let frame = data.contents();
                     let sent = self.host.as_mut().is_some_and(|h| h.send(frame));

@@ -20,11 +20,21 @@ pub const HEADER_LEN: usize = 8;
 pub mod v4 {
     pub const ECHO_REPLY: u8 = 0;
     pub const DEST_UNREACHABLE: u8 = 3;
+    pub const SOURCE_QUENCH: u8 = 4;
+    pub const REDIRECT: u8 = 5;
     pub const ECHO_REQUEST: u8 = 8;
     pub const TIME_EXCEEDED: u8 = 11;
     pub const PARAMETER_PROBLEM: u8 = 12;
     /// Code of DEST_UNREACHABLE: fragmentation needed and DF set.
     pub const FRAG_NEEDED: u8 = 4;
+
+    /// An error message, which no error may answer (RFC 1812 4.3.2.7).
+    pub fn is_error(msg_type: u8) -> bool {
+        matches!(
+            msg_type,
+            DEST_UNREACHABLE | SOURCE_QUENCH | REDIRECT | TIME_EXCEEDED | PARAMETER_PROBLEM
+        )
+    }
 }
 
 /// ICMPv6 types we name.
@@ -40,6 +50,12 @@ pub mod v6 {
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     pub const NEIGHBOR_ADVERT: u8 = 136;
     pub const REDIRECT: u8 = 137;
+
+    /// Types below 128 are errors (RFC 4443 2.1), which no error may
+    /// answer (2.4(e)).
+    pub fn is_error(msg_type: u8) -> bool {
+        msg_type < ECHO_REQUEST
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +121,58 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+/// An error message's 8-byte header, for building; the quoted packet
+/// follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorRepr {
+    pub msg_type: u8,
+    pub code: u8,
+    /// The word after the checksum: the MTU of "fragmentation needed"
+    /// (low 16 bits; RFC 1191) and of "packet too big".
+    pub word: u32,
+}
+
+impl ErrorRepr {
+    /// Writes the header into `header` with the ICMPv4 checksum of the
+    /// header followed by `quote`, which may still sit elsewhere.
+    pub fn emit_v4(&self, header: &mut [u8], quote: &[u8]) -> Result<()> {
+        self.emit_unsummed(header)?;
+        // The header is 8 bytes, so summing the quote apart is the same.
+        let sum = checksum::sum(bytes::slice(header, 0..HEADER_LEN)) + checksum::sum(quote);
+        bytes::set_u16(header, field::CHECKSUM.start, checksum::finish(sum));
+        Ok(())
+    }
+
+    /// `emit_v4` for ICMPv6: the checksum also covers the pseudo-header
+    /// of `src` and `dst`.
+    pub fn emit_v6(
+        &self,
+        header: &mut [u8],
+        quote: &[u8],
+        src: &[u8; 16],
+        dst: &[u8; 16],
+    ) -> Result<()> {
+        let len = u32::try_from(HEADER_LEN + quote.len()).map_err(|_| Error::Malformed)?;
+        self.emit_unsummed(header)?;
+        let sum = checksum::pseudo_header_v6(src, dst, ip_proto::ICMPV6, len)
+            + checksum::sum(bytes::slice(header, 0..HEADER_LEN))
+            + checksum::sum(quote);
+        bytes::set_u16(header, field::CHECKSUM.start, checksum::finish(sum));
+        Ok(())
+    }
+
+    fn emit_unsummed(&self, header: &mut [u8]) -> Result<()> {
+        if header.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        bytes::set_u8(header, field::TYPE, self.msg_type);
+        bytes::set_u8(header, field::CODE, self.code);
+        bytes::set_u16(header, field::CHECKSUM.start, 0);
+        bytes::set_u32(header, field::IDENT.start, self.word);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +203,47 @@ mod tests {
         let p = Packet::new_checked(&b[..]).unwrap();
         assert!(p.verify_checksum_v6(&src, &dst));
         assert!(!p.verify_checksum_v6(&dst, &dst));
+    }
+
+    #[test]
+    fn error_repr_sums_the_header_and_a_quote_held_apart() {
+        let repr = ErrorRepr {
+            msg_type: v4::DEST_UNREACHABLE,
+            code: v4::FRAG_NEEDED,
+            word: 1476,
+        };
+        let quote = [0x45, 0, 0x05, 0xdc, 1, 2, 3];
+        let mut header = [0xffu8; HEADER_LEN];
+        repr.emit_v4(&mut header, &quote).unwrap();
+        let mut message = header.to_vec();
+        message.extend_from_slice(&quote);
+        let p = Packet::new_checked(&message[..]).unwrap();
+        assert_eq!((p.msg_type(), p.code()), (3, 4));
+        assert_eq!(&message[4..8], &[0, 0, 0x05, 0xc4]);
+        assert_eq!(p.payload(), &quote);
+        assert!(p.verify_checksum_v4());
+
+        let (src, dst) = ([0x20; 16], [0x30; 16]);
+        let repr = ErrorRepr {
+            msg_type: v6::PACKET_TOO_BIG,
+            code: 0,
+            word: 1456,
+        };
+        repr.emit_v6(&mut header, &quote, &src, &dst).unwrap();
+        message[..HEADER_LEN].copy_from_slice(&header);
+        let p = Packet::new_checked(&message[..]).unwrap();
+        assert_eq!(&message[4..8], &1456u32.to_be_bytes());
+        assert!(p.verify_checksum_v6(&src, &dst));
+        assert!(!p.verify_checksum_v6(&src, &[0x31; 16]));
+        assert_eq!(repr.emit_v4(&mut [0; 7], &quote), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn error_types_are_the_ones_no_error_may_answer() {
+        let v4_errors: Vec<u8> = (0..=255).filter(|&t| v4::is_error(t)).collect();
+        assert_eq!(v4_errors, [3, 4, 5, 11, 12]);
+        assert!(v6::is_error(v6::PACKET_TOO_BIG) && v6::is_error(127));
+        assert!(!v6::is_error(v6::ECHO_REQUEST) && !v6::is_error(v6::NEIGHBOR_SOLICIT));
     }
 
     #[test]

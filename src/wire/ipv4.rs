@@ -285,6 +285,15 @@ impl Repr {
     /// `emit` with the DSCP/ECN byte set, e.g. copied from an encapsulated
     /// packet.
     pub fn emit_with_dscp_ecn(&self, buf: &mut [u8], dscp_ecn: u8) -> Result<()> {
+        self.emit_with(buf, dscp_ecn, FLAG_DF)
+    }
+
+    /// `emit` with DF clear: an ICMP error may be fragmented on its way.
+    pub fn emit_without_df(&self, buf: &mut [u8]) -> Result<()> {
+        self.emit_with(buf, 0, 0)
+    }
+
+    fn emit_with(&self, buf: &mut [u8], dscp_ecn: u8, flags: u16) -> Result<()> {
         let total = HEADER_LEN + self.payload_len;
         let total = u16::try_from(total).map_err(|_| Error::Malformed)?;
         if buf.len() < HEADER_LEN {
@@ -294,7 +303,7 @@ impl Repr {
         bytes::set_u8(buf, field::DSCP_ECN, dscp_ecn);
         bytes::set_u16(buf, field::LENGTH.start, total);
         bytes::set_u16(buf, field::IDENT.start, 0);
-        bytes::set_u16(buf, field::FLAGS_FRAG.start, FLAG_DF);
+        bytes::set_u16(buf, field::FLAGS_FRAG.start, flags);
         bytes::set_u8(buf, field::TTL, self.ttl);
         bytes::set_u8(buf, field::PROTOCOL, self.protocol);
         bytes::set(buf, field::SRC.start, self.src.octets());
@@ -422,6 +431,24 @@ mod tests {
         assert_eq!(p.dscp_ecn(), 0xb9);
         assert!(p.verify_checksum());
         assert!(p.dont_frag());
+    }
+
+    #[test]
+    fn repr_emits_without_df_under_its_checksum() {
+        let repr = Repr {
+            src: Ipv4Addr::new(172, 16, 0, 1),
+            dst: Ipv4Addr::new(198, 51, 100, 7),
+            protocol: 1,
+            payload_len: 8,
+            ttl: 64,
+        };
+        let mut b = [0xffu8; 28];
+        repr.emit_without_df(&mut b).unwrap();
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert!(!p.dont_frag() && !p.is_fragment());
+        assert_eq!((p.dscp_ecn(), p.ident()), (0, 0));
+        assert!(p.verify_checksum());
+        assert_eq!(Repr::parse(&p), repr);
     }
 
     proptest! {

@@ -20,6 +20,9 @@ mod field {
 
 pub const HEADER_LEN: usize = field::DST.end;
 
+/// The Fragment header (RFC 8200 4.5).
+const FRAG_HEADER_LEN: usize = 8;
+
 /// More extension headers than this is treated as an attack, not a packet.
 pub const MAX_EXT_HEADERS: usize = 8;
 
@@ -161,12 +164,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
                 // headers; the rest hold data. Stop here so every fragment
                 // of a datagram yields the same protocol.
                 ip_proto::IPV6_FRAG => {
-                    if offset + 8 > payload.len() {
+                    if offset + FRAG_HEADER_LEN > payload.len() {
                         return Err(Error::Truncated);
                     }
                     return Ok(UpperLayer {
                         protocol: bytes::u8_at(payload, offset + field::EXT_NEXT),
-                        offset: offset + 8,
+                        offset: offset + FRAG_HEADER_LEN,
                         fragment: true,
                     });
                 }
@@ -186,6 +189,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
             offset += len;
         }
         Err(Error::Unsupported)
+    }
+
+    /// The fragment offset in bytes when `upper_layer` finds a Fragment
+    /// header; None when there is none, or the chain is broken.
+    pub fn frag_offset(&self) -> Option<u16> {
+        let upper = self.upper_layer().ok().filter(|u| u.fragment)?;
+        // The offset field is the top 13 bits of bytes 2-3, in 8-byte units.
+        let at = upper.offset.checked_sub(FRAG_HEADER_LEN)? + 2;
+        Some(bytes::u16_at(self.payload(), at) & 0xfff8)
     }
 }
 
@@ -392,6 +404,25 @@ mod tests {
             Packet::new_checked(&b[..]).unwrap().upper_layer(),
             Err(Error::Truncated)
         );
+    }
+
+    #[test]
+    fn frag_offset_reads_the_fragment_header_found_by_the_walk() {
+        let b = packet(ip_proto::UDP, &[0; 8]);
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().frag_offset(), None);
+        // Destination Options, then a Fragment header at offset 1480, M set.
+        let mut payload = vec![ip_proto::IPV6_FRAG, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&[ip_proto::UDP, 0, 0x05, 0xc9, 0, 0, 0, 7]);
+        payload.extend_from_slice(&[0; 8]);
+        let b = packet(ip_proto::IPV6_OPTS, &payload);
+        let p = Packet::new_checked(&b[..]).unwrap();
+        assert_eq!(p.frag_offset(), Some(1480));
+        // The first fragment: offset 0, M set.
+        let b = packet(ip_proto::IPV6_FRAG, &[ip_proto::UDP, 0, 0, 1, 0, 0, 0, 7]);
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().frag_offset(), Some(0));
+        // A broken chain has no offset to read.
+        let b = packet(ip_proto::IPV6_FRAG, &[ip_proto::UDP, 0, 0x05]);
+        assert_eq!(Packet::new_checked(&b[..]).unwrap().frag_offset(), None);
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Port for MemPort {
             let (verdict, new_len) = decide(&mut f, len);
             assert_eq!(new_len, len, "a GRE frame changed length");
             match verdict {
-                Verdict::Forward => self.forwarded.push((i, f)),
+                Verdict::Forward | Verdict::Reply(_) => self.forwarded.push((i, f)),
                 Verdict::ToHost => self.to_host += 1,
                 Verdict::Drop(_) => self.dropped += 1,
             }
@@ -220,6 +220,7 @@ fn counters_add_up_per_verdict_and_port_drops() {
     batch.record(Verdict::Forward);
     batch.record(Verdict::ToHost);
     batch.record(Verdict::Drop(DropReason::NoBackend));
+    batch.record(Verdict::Reply(DropReason::TooBig));
     stats.publish(
         &batch,
         PortDrops {
@@ -229,13 +230,20 @@ fn counters_add_up_per_verdict_and_port_drops() {
     );
     stats.publish(&batch, PortDrops::default());
     let t = stats.read();
-    assert_eq!((t.rx, t.tx, t.to_host), (10, 5, 2));
+    // Replies are transmitted: tx = forwarded + replies - tx_full.
+    assert_eq!((t.rx, t.tx, t.to_host, t.icmp_sent), (12, 7, 2, 2));
     assert_eq!(t.dropped[DropReason::NoBackend as usize], 2);
+    assert_eq!(t.dropped[DropReason::TooBig as usize], 2);
     assert_eq!((t.tx_full, t.host_failed, t.polls), (1, 1, 2));
+    let mut sum = Totals::default();
+    sum.add(&t);
+    sum.add(&t);
+    assert_eq!(sum.icmp_sent, 4);
     let json = t.to_json();
     assert_eq!(json["dropped"]["tx_ring_full"], 1);
     assert_eq!(json["dropped"]["no_backend"], 2);
-    assert_eq!(json["tx"], 5);
+    assert_eq!(json["dropped"]["too_big"], 2);
+    assert_eq!((&json["tx"], &json["icmp_sent"]), (&7.into(), &2.into()));
 }
 
 #[test]
@@ -407,4 +415,88 @@ fn a_port_with_room_transmits_plain_frames_encapsulated_at_their_grown_length() 
         assert_eq!(&f[38..], &input[14..], "flow {i}: inner packet");
     }
     assert_eq!(stats.read().tx, 64);
+}
+
+/// Plain UDP to the VIP, `len` bytes of IP with DF set (etherparse's
+/// default): too big to encapsulate at 1500 once over 1476.
+fn plain_of_len(len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], NODE_MAC)
+        .ipv4([192, 0, 2, 9], VIP, 64)
+        .udp(40000, 443)
+        .write(&mut out, &vec![0x5a; len - 28])
+        .unwrap();
+    out
+}
+
+/// A port that hands out one frame of each of `lens` (plain to the VIP,
+/// IP lengths) once, and keeps what it would transmit with its verdict.
+struct ListPort {
+    lens: Vec<usize>,
+    sent: Vec<(Verdict, Vec<u8>)>,
+    shared: Arc<Shared>,
+}
+
+impl Port for ListPort {
+    fn poll<F: FnMut(&mut [u8], usize) -> (Verdict, usize)>(
+        &mut self,
+        _: usize,
+        mut decide: F,
+    ) -> usize {
+        for &n in &self.lens {
+            let mut buf = plain_of_len(n);
+            let len = buf.len();
+            buf.resize(ROOM, 0xee);
+            let (verdict, len) = decide(&mut buf, len);
+            if verdict.transmits() {
+                buf.truncate(len);
+                self.sent.push((verdict, buf));
+            }
+        }
+        self.shared.stop.store(true, Relaxed);
+        self.lens.len()
+    }
+
+    fn wait(&mut self, _: Duration) {}
+
+    fn take_drops(&mut self) -> PortDrops {
+        PortDrops::default()
+    }
+}
+
+#[test]
+fn a_reply_is_transmitted_and_counted_as_icmp_sent_and_too_big_not_as_forwarded() {
+    let set = [Backend {
+        addr: "10.1.0.1".parse().unwrap(),
+        weight: 1,
+    }];
+    let tracked = Service::build_tracked(None, &set, &KEY, 251, |_| Some(1)).unwrap();
+    let snapshot = Snapshot {
+        tables: Arc::new(Tables::new(1, Some(tracked), Vec::new()).unwrap()),
+        ..snapshot(1, &["10.1.0.1"])
+    };
+    let shared = Arc::new(Shared::new(snapshot, None));
+    let mut port = ListPort {
+        lens: vec![1476, 1500],
+        sent: Vec::new(),
+        shared: Arc::clone(&shared),
+    };
+    let stats = Stats::default();
+    run(&mut port, &shared, &stats, settings());
+    let verdicts: Vec<Verdict> = port.sent.iter().map(|s| s.0).collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Forward, Verdict::Reply(DropReason::TooBig)]
+    );
+    // The error goes back to the client: 576 bytes of IPv4.
+    let reply = &port.sent[1].1;
+    assert_eq!(reply.len(), 14 + 576);
+    assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 9]);
+    assert_eq!(&reply[30..34], &[192, 0, 2, 9]);
+    let t = stats.read();
+    assert_eq!((t.rx, t.tx, t.icmp_sent), (2, 2, 1));
+    assert_eq!(t.dropped[DropReason::TooBig as usize], 1);
+    assert_eq!(t.dropped.iter().sum::<u64>(), 1);
+    // Only the forwarded frame counts for its backend.
+    assert_eq!(stats.backend_packets(1), 1);
 }

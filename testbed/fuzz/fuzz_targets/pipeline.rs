@@ -1,10 +1,13 @@
 //! Fuzzes `dataplane::process_in`, the pipeline entry point.
 //!
 //! Beyond "never panics" it checks what must hold for every input: a frame
-//! that is not forwarded is untouched, spare room included; a forwarded
-//! one either keeps its length, its GRE header and inner packet, and a
-//! valid outer IPv4 checksum, or (plain IP to a VIP) grows by exactly an
-//! outer header and GRE, and carries its IP packet unchanged behind them.
+//! that is neither forwarded nor answered is untouched, spare room
+//! included; a forwarded one either keeps its length, its GRE header and
+//! inner packet, and a valid outer IPv4 checksum, or (plain IP to a VIP)
+//! grows by exactly an outer header and GRE, and carries its IP packet
+//! unchanged behind them; an answered one (too big to encapsulate) is an
+//! ICMP error back to its sender, no longer than it, with valid checksums,
+//! quoting the start of its IP packet.
 //!
 //! Selector byte: bit 0, the node is on VLAN 100; bit 1, the frame has 128
 //! bytes of spare room (else it goes through `process`, which has none).
@@ -13,7 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use rusty_rail::dataplane::{self, Context, Service, Tables, Verdict, flow, neighbours};
 use rusty_rail::maglev::Backend;
-use rusty_rail::wire::{ethernet, ipv4, ipv6};
+use rusty_rail::wire::{ethernet, icmp, ipv4, ipv6};
 use std::sync::OnceLock;
 
 struct World {
@@ -74,6 +77,10 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = frame.to_vec();
     buf.resize(frame.len() + room, SPARE);
     let (outcome, len) = dataplane::process_in(&mut buf, frame.len(), &ctx);
+    if let Verdict::Reply(_) = outcome.verdict {
+        check_reply(frame, &buf, len, &ctx);
+        return;
+    }
     if outcome.verdict != Verdict::Forward {
         assert_eq!(len, frame.len());
         assert_eq!(buf[..len], frame[..], "{outcome:?} changed the frame");
@@ -110,3 +117,33 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(out[h..], frame[h..], "GRE or inner bytes changed");
     }
 });
+
+/// An ICMP error answering `frame`, in `buf[..len]`.
+fn check_reply(frame: &[u8], buf: &[u8], len: usize, ctx: &Context<'_, neighbours::Static>) {
+    assert!(len <= frame.len(), "the error outgrew the packet");
+    assert!(buf[frame.len()..].iter().all(|&b| b == SPARE), "wrote past the frame");
+    let out = &buf[..len];
+    let eth = ethernet::Frame::new_checked(out).expect("answered with a non-Ethernet frame");
+    let sent = ethernet::Frame::new_checked(frame).unwrap();
+    assert_eq!((eth.src(), eth.dst()), (ctx.mac, sent.src()));
+    let l3 = eth.header_len();
+    let quote = if let Ok(ip) = ipv4::Packet::new_checked(&out[l3..]) {
+        let client = ipv4::Packet::new_checked(&frame[l3..]).unwrap();
+        assert!(ip.verify_checksum() && !ip.dont_frag() && ip.total_len() <= 576);
+        assert_eq!((ip.src_bytes(), ip.dst_bytes()), (ctx.primary_v4.unwrap(), client.src_bytes()));
+        let m = icmp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((m.msg_type(), m.code()), (icmp::v4::DEST_UNREACHABLE, icmp::v4::FRAG_NEEDED));
+        assert!(m.verify_checksum_v4());
+        ip.payload()[icmp::HEADER_LEN..].to_vec()
+    } else {
+        let ip = ipv6::Packet::new_checked(&out[l3..]).expect("answered in neither IPv4 nor IPv6");
+        let client = ipv6::Packet::new_checked(&frame[l3..]).unwrap();
+        assert!(usize::from(ip.payload_len()) + ipv6::HEADER_LEN <= 1280);
+        assert_eq!((ip.src_bytes(), ip.dst_bytes()), (ctx.primary_v6.unwrap(), client.src_bytes()));
+        let m = icmp::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!(m.msg_type(), icmp::v6::PACKET_TOO_BIG);
+        assert!(m.verify_checksum_v6(&ip.src_bytes(), &ip.dst_bytes()));
+        ip.payload()[icmp::HEADER_LEN..].to_vec()
+    };
+    assert_eq!(quote[..], frame[l3..l3 + quote.len()], "the quote is not the packet");
+}
