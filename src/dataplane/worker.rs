@@ -285,17 +285,54 @@ impl Stats {
     }
 }
 
+/// ICMP errors one worker may send in a second of the control clock:
+/// RFC 4443 2.4(f) asks for a limit, and Linux's default is 1000 a second.
+pub const ICMP_PER_SECOND: u32 = 1000;
+
+/// The worker's ICMP error allowance for the current second.
+#[derive(Debug, Default)]
+struct IcmpBudget {
+    second: Option<u16>,
+    left: u32,
+}
+
+impl IcmpBudget {
+    #[inline]
+    fn refill(&mut self, now: u16) {
+        if self.second != Some(now) {
+            self.second = Some(now);
+            self.left = ICMP_PER_SECOND;
+        }
+    }
+
+    /// False once the second's allowance is spent.
+    #[inline]
+    fn take(&mut self) -> bool {
+        let ok = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        ok
+    }
+}
+
 /// Runs until `shared.stop` is set.
 pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Settings) {
     let batch = settings.batch.max(1);
     let mut idle_since: Option<Instant> = None;
+    let mut icmp = IcmpBudget::default();
     while !shared.stop.load(Relaxed) {
         let snapshot = shared.snapshot.load();
-        let ctx = snapshot.context(shared.flows.as_ref(), shared.now.load(Relaxed));
+        let now = shared.now.load(Relaxed);
+        let ctx = snapshot.context(shared.flows.as_ref(), now);
+        icmp.refill(now);
         let mut counters = Counters::default();
         let mut last_miss = None;
         let n = port.poll(batch, |buf, len| {
-            let (outcome, len) = process_in(buf, len, &ctx);
+            let (mut outcome, len) = process_in(buf, len, &ctx);
+            if let Verdict::Reply(reason) = outcome.verdict
+                && !icmp.take()
+            {
+                outcome.verdict = Verdict::Drop(reason);
+            }
             counters.record(outcome.verdict);
             counters.record_track(outcome.track);
             if let (Verdict::Forward, Some(id)) = (outcome.verdict, outcome.id) {

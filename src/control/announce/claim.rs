@@ -98,6 +98,8 @@ pub struct Claim {
     last_sent: Option<Instant>,
     /// A defending announcement held back by `DEFEND_GAP`, due then.
     defend_at: Option<Instant>,
+    /// When the current claim began (its probe window just closed).
+    claimed: Option<Instant>,
     /// When conflicts start to count: RR_WATCH_DELAY after the first announcement.
     watch_from: Option<Instant>,
     /// MACs that answered a probe, each logged once. One that answers
@@ -120,6 +122,7 @@ impl Claim {
             sent: 0,
             last_sent: None,
             defend_at: None,
+            claimed: None,
             watch_from: None,
             answered: Vec::new(),
             logged: Vec::new(),
@@ -184,17 +187,23 @@ impl Claim {
             Phase::Waiting { until } if now >= until => actions.extend(self.probe(now)),
             Phase::Probing { until } if now >= until => {
                 actions.push(Action::Add);
+                // Every claim starts afresh: its own burst and count.
                 self.burst_sent = 0;
+                self.sent = 0;
+                self.last_sent = None;
+                self.defend_at = None;
+                self.claimed = Some(now);
                 self.phase = Phase::Holding;
                 self.next = Some(now);
                 actions.extend(self.announce(now, jitter));
             }
             Phase::Holding => {
-                if self.defend_at.is_some_and(|due| now >= due) {
-                    actions.extend(self.defend(now));
-                }
+                // One frame serves both when they fall due together.
                 if self.next.is_some_and(|due| now >= due) {
                     actions.extend(self.announce(now, jitter));
+                }
+                if self.defend_at.is_some_and(|due| now >= due) {
+                    actions.extend(self.defend(now));
                 }
             }
             Phase::Standby { heard } if now >= heard + self.timing.silence() => {
@@ -222,6 +231,7 @@ impl Claim {
         self.sent += 1;
         self.burst_sent += 1;
         self.last_sent = Some(now);
+        self.defend_at = None;
         if self.watch_from.is_none() {
             self.watch_from = Some(now + self.timing.watch_delay);
         }
@@ -299,9 +309,15 @@ impl Claim {
     }
 
     fn conflict(&mut self, h: &Heard, now: Instant) -> Vec<Action> {
+        // A zombie answers an IPv6 probe with an NA to all nodes, which reads
+        // as an announcement: from one that answered, just after the probe
+        // window, it is a late answer.
+        let late_answer = self.addr.is_ipv6()
+            && self.answered.contains(&h.mac)
+            && self.claimed.is_some_and(|t| now < t + PROBE_WAIT);
         let counts = match h.kind {
             Kind::Probe | Kind::ProbeAnswer => false,
-            Kind::Announcement => true,
+            Kind::Announcement => !late_answer,
             // A zombie's kernel answers our announcements; that is not a claim.
             Kind::Reply | Kind::Request => !self.answered.contains(&h.mac),
         };
@@ -780,5 +796,68 @@ mod tests {
             vec![Action::Announce]
         );
         assert!(low.holds() && high.standby());
+    }
+    #[test]
+    fn a_takeover_announces_afresh_even_after_the_count_was_used_up() {
+        let t0 = Instant::now();
+        let mut timing = timing(Watch::Standby);
+        timing.count = Some(2);
+        let mut c = Claim::new(addr(), OURS, timing);
+        c.start(t0);
+        let t = t0 + PROBE_WAIT;
+        c.tick(t, Duration::ZERO);
+        c.tick(t + ms(500), Duration::ZERO);
+        assert_eq!(c.sent(), 2);
+        assert!(effects(c.tick(t + ms(1500), Duration::ZERO)).is_empty());
+        c.heard(&heard(LOWER, Kind::Announcement), t + ms(1600));
+        assert!(c.standby());
+        let silent = t + ms(1600) + c.timing.silence();
+        c.tick(silent, Duration::ZERO);
+        assert_eq!(
+            effects(c.tick(silent + PROBE_WAIT, Duration::ZERO)),
+            vec![Action::Add, Action::Announce]
+        );
+        assert_eq!(
+            effects(c.tick(silent + PROBE_WAIT + ms(500), Duration::ZERO)),
+            vec![Action::Announce]
+        );
+    }
+
+    #[test]
+    fn a_defence_and_a_periodic_announcement_due_together_send_one_frame() {
+        let (mut c, t) = holding(Watch::Fail);
+        // A claim just after ours: its answer is held back to t + 100 ms.
+        assert!(effects(c.heard(&heard(HIGHER, Kind::Announcement), t + ms(1))).is_empty());
+        // Both come due by t + 500 ms (the burst's second).
+        assert_eq!(
+            effects(c.tick(t + ms(500), Duration::ZERO)),
+            vec![Action::Announce]
+        );
+        assert_eq!(c.deadline(), Some(t + ms(1500)));
+    }
+
+    #[test]
+    fn a_late_ipv6_probe_answer_from_a_zombie_is_no_conflict_but_a_later_announcement_is() {
+        let v6: IpAddr = "fd00::100".parse().unwrap();
+        let from = |kind| Heard {
+            addr: v6,
+            mac: LOWER,
+            kind,
+        };
+        let t0 = Instant::now();
+        let mut c = Claim::new(v6, OURS, timing(Watch::Fail));
+        c.start(t0);
+        // The zombie's NA to all nodes, in the probe window.
+        c.heard(&from(Kind::Announcement), t0 + ms(5));
+        let t = t0 + PROBE_WAIT;
+        c.tick(t, Duration::ZERO);
+        // Another, just after the window closed: still its late answer.
+        assert!(effects(c.heard(&from(Kind::Announcement), t + ms(50))).is_empty());
+        assert!(c.holds());
+        // Once the window is over it is a live claimant, and lower.
+        assert_eq!(
+            effects(c.heard(&from(Kind::Announcement), t + PROBE_WAIT)),
+            vec![Action::Remove, Action::Exit(1)]
+        );
     }
 }

@@ -330,7 +330,14 @@ impl Run {
                 .min(MAX_WAIT);
             match self.socket.recv(&mut buf, wait) {
                 Ok(Some(n)) => {
-                    if let Some(heard) = buf.get(..n).and_then(frames::parse) {
+                    if let Some(mut heard) = buf.get(..n).and_then(frames::parse) {
+                        // Answers to someone else's probe, flooded to us,
+                        // are that host replying, not answering us.
+                        if heard.kind == frames::Kind::ProbeAnswer
+                            && buf.get(..6) != Some(&self.device.mac[..])
+                        {
+                            heard.kind = frames::Kind::Reply;
+                        }
                         let now = Instant::now();
                         for i in 0..self.claims.len() {
                             let actions = self.claims[i].0.heard(&heard, now);
@@ -424,17 +431,20 @@ impl Run {
         let (addr, prefix) = (claim.addr(), *prefix);
         if self.managed {
             self.claims[i].2 = true;
-            self.save();
+            if let Err(e) = self.save() {
+                self.claims[i].2 = false;
+                return Err(format!("{e}; not claiming {addr}/{prefix} unlisted"));
+            }
         }
         if let Err(e) = self.steer_held() {
             self.claims[i].2 = false;
-            self.save();
+            self.save_or_warn();
             return Err(e);
         }
         if self.managed {
             if let Err(e) = netlink::add_address(self.device.index, addr, prefix) {
                 self.claims[i].2 = false;
-                self.save();
+                self.save_or_warn();
                 // Leave nothing steered for an address we do not have.
                 self.unsteer(i);
                 return Err(format!(
@@ -448,9 +458,13 @@ impl Run {
     }
 
     /// Releases address `i` (already not held): off the device, then out
-    /// of the data path.
+    /// of the data path. One that cannot be removed stays steered (the
+    /// kernel would answer for it anyway) and the process exits 1.
     fn remove(&mut self, i: usize) {
-        self.unassign(i);
+        if !self.unassign(i) {
+            self.request_exit(1);
+            return;
+        }
         if let Err(e) = self.steer_held() {
             log::error!("{e}");
         }
@@ -467,13 +481,14 @@ impl Run {
         }
     }
 
-    /// Removes address `i` from the device, if we added it. One that cannot
-    /// be removed stays in the state file, for the next start to remove.
-    fn unassign(&mut self, i: usize) {
+    /// Removes address `i` from the device, if we added it; false when it
+    /// is still there. Such an address stays in the state file, for the
+    /// next start to remove.
+    fn unassign(&mut self, i: usize) -> bool {
         let (claim, prefix, added) = &self.claims[i];
         let (addr, prefix, added) = (claim.addr(), *prefix, *added);
         if !added {
-            return;
+            return true;
         }
         match netlink::delete_address(self.device.index, addr, prefix) {
             Ok(()) => log::info!("removed {addr}/{prefix} from {}", self.device.name),
@@ -484,11 +499,12 @@ impl Run {
                     self.device.name
                 );
                 self.leftover.store(true, Ordering::Relaxed);
-                return;
+                return false;
             }
         }
         self.claims[i].2 = false;
-        self.save();
+        self.save_or_warn();
+        true
     }
 
     /// Puts back a held address that vanished from the device (removed
@@ -532,7 +548,7 @@ impl Run {
         self.steer.held(&v4, &v6)
     }
 
-    fn save(&self) {
+    fn save(&self) -> Result<(), state::Error> {
         let saved = state::Saved {
             pid: std::process::id(),
             device: self.device.name.clone(),
@@ -543,8 +559,14 @@ impl Run {
                 .map(|(c, p, _)| (c.addr(), *p))
                 .collect(),
         };
-        if let Err(e) = self.file.write(&saved) {
-            log::warn!("{e}; a crash now would leave the address for the next start to miss");
+        self.file.write(&saved)
+    }
+
+    /// After a removal: a stale entry only makes the next start try to
+    /// remove an address that is gone.
+    fn save_or_warn(&self) {
+        if let Err(e) = self.save() {
+            log::warn!("{e}");
         }
     }
 
@@ -555,7 +577,8 @@ impl Run {
         }
         self.released = true;
         for i in 0..self.claims.len() {
-            self.unassign(i);
+            // A failure is logged and flagged in `leftover`.
+            let _ = self.unassign(i);
         }
         if let Err(e) = self.steer.held(&[], &[]) {
             log::error!("{e}");

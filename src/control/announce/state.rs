@@ -59,6 +59,12 @@ impl File {
             path: path.clone(),
             source,
         };
+        // Without it, nodes in different namespaces would share a file.
+        if netns_inode() == 0 {
+            return Err(err(std::io::Error::other(
+                "cannot read /proc/self/ns/net to tell this network namespace apart",
+            )));
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }

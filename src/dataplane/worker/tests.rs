@@ -500,3 +500,37 @@ fn a_reply_is_transmitted_and_counted_as_icmp_sent_and_too_big_not_as_forwarded(
     // Only the forwarded frame counts for its backend.
     assert_eq!(stats.backend_packets(1), 1);
 }
+
+#[test]
+fn a_worker_sends_at_most_icmp_per_second_errors_a_second_and_drops_the_rest_as_too_big() {
+    let shared = Arc::new(Shared::new(snapshot(1, &["10.1.0.1"]), None));
+    let over = 5;
+    let mut port = ListPort {
+        lens: vec![1500; ICMP_PER_SECOND as usize + over],
+        sent: Vec::new(),
+        shared: Arc::clone(&shared),
+    };
+    let stats = Stats::default();
+    run(&mut port, &shared, &stats, settings());
+    assert_eq!(port.sent.len(), ICMP_PER_SECOND as usize);
+    let t = stats.read();
+    assert_eq!(t.icmp_sent, u64::from(ICMP_PER_SECOND));
+    assert_eq!(
+        t.dropped[DropReason::TooBig as usize],
+        u64::from(ICMP_PER_SECOND) + over as u64
+    );
+}
+
+#[test]
+fn the_icmp_budget_refills_when_the_second_changes() {
+    let mut budget = IcmpBudget::default();
+    budget.refill(7);
+    for _ in 0..ICMP_PER_SECOND {
+        assert!(budget.take());
+    }
+    assert!(!budget.take());
+    budget.refill(7);
+    assert!(!budget.take(), "the same second gives nothing more");
+    budget.refill(8);
+    assert!(budget.take());
+}
