@@ -690,24 +690,12 @@ pub fn cases() -> Vec<Case> {
         &g4_with(Gre::ipv4(), t6()),
         MalformedInner,
     ));
-    {
-        // Inner IPv4 consistent, but only 12 bytes of TCP header.
-        let tcp = tcp_segment(CLIENT_V4.into(), VIP_A4.into(), 40000, 443, &[], &[]);
-        let h = Ipv4Header::new(
-            0,
-            64,
-            etherparse::IpNumber::TCP,
-            CLIENT_V4.octets(),
-            VIP_A4.octets(),
-        )
-        .unwrap();
-        c.push(Case::drop(
-            "inner TCP header truncated",
-            std,
-            &g4(ipv4_packet(h, &tcp[..12])),
-            MalformedInner,
-        ));
-    }
+    c.push(Case::drop(
+        "inner TCP header truncated",
+        std,
+        &g4(truncated_tcp_v4()),
+        MalformedInner,
+    ));
 
     // --- TTL. ------------------------------------------------------------
     c.push(Case::drop("outer TTL 1", std, &g4(t4()).ttl(1), TtlExpired));
@@ -1034,24 +1022,13 @@ pub fn cases() -> Vec<Case> {
             true,
         )
     });
-    {
-        let tcp = tcp_segment(CLIENT_V4.into(), VIP_A4.into(), 40000, 443, &[], &[]);
-        let h = Ipv4Header::new(
-            0,
-            64,
-            etherparse::IpNumber::TCP,
-            CLIENT_V4.octets(),
-            VIP_A4.octets(),
-        )
-        .unwrap();
-        c.push(Case::plain(
-            "plain IPv4 to an announced VIP with its TCP header truncated",
-            std,
-            &plain(ipv4_packet(h, &tcp[..12])),
-            Verdict::Drop(MalformedInner),
-            false,
-        ));
-    }
+    c.push(Case::plain(
+        "plain IPv4 to an announced VIP with its TCP header truncated",
+        std,
+        &plain(truncated_tcp_v4()),
+        Verdict::Drop(MalformedInner),
+        false,
+    ));
     c.push(Case::plain(
         "plain IPv6 to an announced VIP behind 9 destination options headers",
         std,
@@ -1348,4 +1325,19 @@ fn fixture_frames_parse_with_etherparse() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A consistent IPv4 packet from the client to VIP A carrying only the
+/// first 12 bytes of a TCP header.
+fn truncated_tcp_v4() -> Vec<u8> {
+    let tcp = tcp_segment(CLIENT_V4.into(), VIP_A4.into(), 40000, 443, &[], &[]);
+    let h = Ipv4Header::new(
+        0,
+        64,
+        etherparse::IpNumber::TCP,
+        CLIENT_V4.octets(),
+        VIP_A4.octets(),
+    )
+    .unwrap();
+    ipv4_packet(h, &tcp[..12])
 }
