@@ -134,8 +134,8 @@ pub enum Kind {
     Announcement,
     /// Someone answers for `addr`, which it holds.
     Reply,
-    /// Someone answers an ARP probe for `addr` (a reply to 0.0.0.0): to
-    /// us, since replies are unicast, so it answers our probe.
+    /// Someone answers our ARP probe for `addr`: a reply to 0.0.0.0
+    /// addressed to our MAC.
     ProbeAnswer,
     /// Someone holding `addr` asks about another address.
     Request,
@@ -148,19 +148,19 @@ pub enum Kind {
 /// ICMPv6 NS/NA directly after the IPv6 header; None for anything else,
 /// including tagged frames, bad checksums, hop limits other than 255,
 /// multicast NS/NA targets and ARP probes for 0.0.0.0.
-pub fn parse(frame: &[u8]) -> Option<Heard> {
+pub fn parse(frame: &[u8], ours: [u8; 6]) -> Option<Heard> {
     let eth = ethernet::Frame::new_checked(frame).ok()?;
     if eth.is_tagged() {
         return None;
     }
     match eth.ethertype() {
-        ethertype::ARP => parse_arp(&eth),
+        ethertype::ARP => parse_arp(&eth, ours),
         ethertype::IPV6 => parse_nd(&eth),
         _ => None,
     }
 }
 
-fn parse_arp(eth: &ethernet::Frame<&[u8]>) -> Option<Heard> {
+fn parse_arp(eth: &ethernet::Frame<&[u8]>, ours: [u8; 6]) -> Option<Heard> {
     let p = arp::Packet::new_checked(eth.payload()).ok()?;
     let (sender, target) = (p.sender_ip(), p.target_ip());
     let op = p.operation();
@@ -178,7 +178,8 @@ fn parse_arp(eth: &ethernet::Frame<&[u8]>) -> Option<Heard> {
     // gratuitous request, not an announcement of its own.
     let kind = if eth.dst().is_multicast() && sender == target {
         Kind::Announcement
-    } else if op == arp::Operation::Reply && target.is_unspecified() {
+    } else if op == arp::Operation::Reply && target.is_unspecified() && eth.dst().0 == ours {
+        // Flooded to us, it answers someone else's probe: a plain reply.
         Kind::ProbeAnswer
     } else if op == arp::Operation::Reply {
         Kind::Reply
@@ -407,19 +408,19 @@ mod tests {
             })
         };
         assert_eq!(
-            parse(&arp_announcement(MAC, a4)),
+            parse(&arp_announcement(MAC, a4), MAC),
             heard(IpAddr::V4(a4), Kind::Announcement)
         );
         assert_eq!(
-            parse(&arp_probe(MAC, a4)),
+            parse(&arp_probe(MAC, a4), MAC),
             heard(IpAddr::V4(a4), Kind::Probe)
         );
         assert_eq!(
-            parse(&na_announcement(MAC, a6)),
+            parse(&na_announcement(MAC, a6), MAC),
             heard(IpAddr::V6(a6), Kind::Announcement)
         );
         assert_eq!(
-            parse(&ns_probe(MAC, a6)),
+            parse(&ns_probe(MAC, a6), MAC),
             heard(IpAddr::V6(a6), Kind::Probe)
         );
     }
@@ -592,6 +593,16 @@ mod tests {
                 heard("10.0.0.7", PEER, Kind::ProbeAnswer),
             ),
             (
+                "a reply to someone else's probe, flooded to us",
+                arp_frame(
+                    PEER,
+                    ArpOperation::REPLY,
+                    (&PEER, "10.0.0.7"),
+                    (&PEER, "0.0.0.0"),
+                ),
+                heard("10.0.0.7", PEER, Kind::Reply),
+            ),
+            (
                 "request",
                 arp_frame(
                     BROADCAST,
@@ -623,7 +634,7 @@ mod tests {
             ),
         ];
         for (what, frame, want) in cases {
-            assert_eq!(parse(&frame), want, "{what}");
+            assert_eq!(parse(&frame, MAC), want, "{what}");
         }
     }
 
@@ -688,7 +699,7 @@ mod tests {
             ),
         ];
         for (what, frame, want) in cases {
-            assert_eq!(parse(&frame), want, "{what}");
+            assert_eq!(parse(&frame, MAC), want, "{what}");
         }
     }
 
@@ -703,7 +714,7 @@ mod tests {
             target,
             Some(OTHER),
         );
-        assert!(parse(&good).is_some());
+        assert!(parse(&good, MAC).is_some());
 
         let mut hop = Vec::new();
         PacketBuilder::ethernet2(PEER, [0x33, 0x33, 0, 0, 0, 1])
@@ -717,11 +728,11 @@ mod tests {
             ))
             .write_to_vec(&mut hop, &target.octets())
             .unwrap();
-        assert_eq!(parse(&hop), None, "hop limit 254");
+        assert_eq!(parse(&hop, MAC), None, "hop limit 254");
 
         let mut bad_sum = good.clone();
         bad_sum[56] ^= 1;
-        assert_eq!(parse(&bad_sum), None, "checksum");
+        assert_eq!(parse(&bad_sum, MAC), None, "checksum");
 
         let multicast_target = na_frame(
             [0x33, 0x33, 0, 0, 0, 1],
@@ -731,7 +742,7 @@ mod tests {
             ALL_NODES,
             None,
         );
-        assert_eq!(parse(&multicast_target), None, "multicast target");
+        assert_eq!(parse(&multicast_target, MAC), None, "multicast target");
 
         let echo = icmpv6_frame(
             [0x33, 0x33, 0, 0, 0, 1],
@@ -741,7 +752,7 @@ mod tests {
             Icmpv6Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 }),
             &[0; 16],
         );
-        assert_eq!(parse(&echo), None, "echo request");
+        assert_eq!(parse(&echo, MAC), None, "echo request");
 
         let mut udp = Vec::new();
         PacketBuilder::ethernet2(PEER, BROADCAST)
@@ -749,7 +760,7 @@ mod tests {
             .udp(1, 2)
             .write_to_vec(&mut udp, &[0; 32])
             .unwrap();
-        assert_eq!(parse(&udp), None, "IPv4 UDP");
+        assert_eq!(parse(&udp, MAC), None, "IPv4 UDP");
 
         // A Hop-by-Hop header before the ICMPv6 (as MLD has) is not ours.
         let mut hbh = good.clone();
@@ -758,14 +769,14 @@ mod tests {
         hbh.extend_from_slice(&icmp);
         hbh[20] = ip_proto::HOPOPT;
         hbh[18..20].copy_from_slice(&((icmp.len() + 8) as u16).to_be_bytes());
-        assert_eq!(parse(&hbh), None, "extension header");
+        assert_eq!(parse(&hbh, MAC), None, "extension header");
 
         for n in 0..good.len() {
-            assert_eq!(parse(&good[..n]), None, "cut at {n}");
+            assert_eq!(parse(&good[..n], MAC), None, "cut at {n}");
         }
         let arp = arp_announcement(MAC, v4("10.0.0.9"));
         for n in 0..42 {
-            assert_eq!(parse(&arp[..n]), None, "cut at {n}");
+            assert_eq!(parse(&arp[..n], MAC), None, "cut at {n}");
         }
     }
 
@@ -785,7 +796,7 @@ mod tests {
             .write_to_vec(&mut f)
             .unwrap();
         assert_eq!(&f[12..14], &[0x81, 0x00]);
-        assert_eq!(parse(&f), None);
+        assert_eq!(parse(&f, MAC), None);
         let target = v6("2001:db8::20");
         let mut f = Vec::new();
         PacketBuilder::ethernet2(PEER, [0x33, 0x33, 0, 0, 0, 1])
@@ -800,7 +811,7 @@ mod tests {
             ))
             .write_to_vec(&mut f, &target.octets())
             .unwrap();
-        assert_eq!(parse(&f), None);
+        assert_eq!(parse(&f, MAC), None);
     }
 
     #[test]
@@ -814,7 +825,7 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            let _ = parse(&bytes);
+            let _ = parse(&bytes, MAC);
         }
 
         // Mutations of valid frames get past the early checks far more often.
@@ -835,7 +846,7 @@ mod tests {
                 f[at % n] = byte;
             }
             f.truncate(cut % (f.len() + 1));
-            let _ = parse(&f);
+            let _ = parse(&f, MAC);
         }
     }
 }

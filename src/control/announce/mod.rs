@@ -330,14 +330,8 @@ impl Run {
                 .min(MAX_WAIT);
             match self.socket.recv(&mut buf, wait) {
                 Ok(Some(n)) => {
-                    if let Some(mut heard) = buf.get(..n).and_then(frames::parse) {
-                        // Answers to someone else's probe, flooded to us,
-                        // are that host replying, not answering us.
-                        if heard.kind == frames::Kind::ProbeAnswer
-                            && buf.get(..6) != Some(&self.device.mac[..])
-                        {
-                            heard.kind = frames::Kind::Reply;
-                        }
+                    let mac = self.device.mac;
+                    if let Some(heard) = buf.get(..n).and_then(|f| frames::parse(f, mac)) {
                         let now = Instant::now();
                         for i in 0..self.claims.len() {
                             let actions = self.claims[i].0.heard(&heard, now);
@@ -347,16 +341,7 @@ impl Run {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.recv_errors += 1;
-                    // The first, then every 100th: a vanished device fails
-                    // every read.
-                    if self.recv_errors % 100 == 1 {
-                        log::warn!(
-                            "cannot read ARP/NDP on {} ({} failures so far): {e}",
-                            self.device.name,
-                            self.recv_errors
-                        );
-                    }
+                    failed(&mut self.recv_errors, "read", &self.device.name, &e);
                     std::thread::sleep(MAX_WAIT);
                 }
             }
@@ -412,15 +397,7 @@ impl Run {
 
     fn send(&mut self, frame: &[u8]) {
         if let Err(e) = self.socket.send(frame) {
-            self.send_errors += 1;
-            // The first, then every 100th: a down link fails every send.
-            if self.send_errors % 100 == 1 {
-                log::warn!(
-                    "cannot send ARP/NDP on {} ({} failures so far): {e}",
-                    self.device.name,
-                    self.send_errors
-                );
-            }
+            failed(&mut self.send_errors, "send", &self.device.name, &e);
         }
     }
 
@@ -606,6 +583,15 @@ impl Drop for Run {
     /// A thread that unwinds still leaves nothing behind.
     fn drop(&mut self) {
         self.release_all();
+    }
+}
+
+/// Counts a failed read or send and logs the first and every 100th: a
+/// vanished device or a down link fails every call.
+fn failed(count: &mut u64, what: &str, device: &str, e: &std::io::Error) {
+    *count += 1;
+    if *count % 100 == 1 {
+        log::warn!("cannot {what} ARP/NDP on {device} ({count} failures so far): {e}");
     }
 }
 
