@@ -42,8 +42,17 @@ subcommands:
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let command = args.next().unwrap_or_default();
-    let rest: Vec<OsString> = args.collect();
-    let result = match command.to_str().unwrap_or("") {
+    match dispatch(&command.to_string_lossy(), args.collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rr-testbed {}: {e}", command.to_string_lossy());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: &str, rest: Vec<OsString>) -> Result<()> {
+    match command {
         "gre-router" => gre::router_main(rest),
         "gre-server" => gre::server_main(rest),
         "http-server" => http::server_main(rest),
@@ -55,13 +64,6 @@ fn main() -> ExitCode {
         }
         "" => Err("a subcommand is needed (try --help)".into()),
         other => Err(format!("unknown subcommand {other:?} (try --help)").into()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rr-testbed {}: {e}", command.to_string_lossy());
-            ExitCode::from(1)
-        }
     }
 }
 
@@ -123,4 +125,39 @@ where
     let text = raw.to_str().ok_or_else(|| format!("{option}: not UTF-8"))?;
     text.parse()
         .map_err(|e| format!("{option} {text:?}: {e}").into())
+}
+
+/// Lets tests run the tools as separate processes from the test binary
+/// itself (cargo gives a binary's own unit tests no path to the binary):
+/// a test spawns its own executable with RR_TESTBED_TOOL set to the
+/// tool's arguments, separated by newlines, running only this test.
+#[cfg(test)]
+mod tool_process {
+    pub const VARIABLE: &str = "RR_TESTBED_TOOL";
+    pub const TEST: &str = "tool_process::run_tool";
+
+    /// The command line that runs `args` as a tool.
+    pub fn command_line(args: &[&str]) -> (Vec<String>, String) {
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        let harness = [exe.as_str(), "--exact", TEST, "--ignored", "--nocapture"];
+        (harness.map(String::from).to_vec(), args.join("\n"))
+    }
+
+    #[test]
+    #[ignore = "runs a tool when a test spawns it; nothing on its own"]
+    fn run_tool() {
+        let Ok(line) = std::env::var(VARIABLE) else {
+            return;
+        };
+        let mut args = line.split('\n').map(std::ffi::OsString::from);
+        let command = args.next().unwrap_or_default();
+        let code = match super::dispatch(&command.to_string_lossy(), args.collect()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rr-testbed {}: {e}", command.to_string_lossy());
+                1
+            }
+        };
+        std::process::exit(code);
+    }
 }
