@@ -26,7 +26,7 @@ usage: rr-testbed http-server --name NAME --listen ADDR:PORT [--listen ...]
   --health ADDR:PORT   GET /healthz answers 200 `ok` while healthy, 503 while not;
                        SIGUSR1 makes it unhealthy, SIGUSR2 healthy again
   --sink ADDR:PORT     plain TCP: writes `NAME\\n` at once, reads to EOF, then writes
-                       the number of bytes read and a newline, and closes
+                       the number of bytes read and a newline, and closes; repeat for more addresses
 
 Prints `ready` on stderr once serving and one JSON line of counters on
 stdout at SIGTERM or SIGINT.";
@@ -46,7 +46,7 @@ pub struct ServerState {
 pub struct Listeners {
     listen: Vec<TcpListener>,
     health: Option<TcpListener>,
-    sink: Option<TcpListener>,
+    sink: Vec<TcpListener>,
 }
 
 impl ServerState {
@@ -107,19 +107,19 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
 pub fn server_main(args: Vec<OsString>) -> Result<()> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_args(args);
-    let (mut name, mut listen, mut health, mut sink) = (None, Vec::new(), None, None);
+    let (mut name, mut listen, mut health, mut sink) = (None, Vec::new(), None, Vec::new());
     while let Some(arg) = parser.next()? {
         match arg {
             Long("name") => name = Some(value::<String>(&mut parser, "--name")?),
             Long("listen") => listen.push(bind(value(&mut parser, "--listen")?)?),
             Long("health") => health = Some(bind(value(&mut parser, "--health")?)?),
-            Long("sink") => sink = Some(bind(value(&mut parser, "--sink")?)?),
+            Long("sink") => sink.push(bind(value(&mut parser, "--sink")?)?),
             Short('h') | Long("help") => help(SERVER_HELP),
             _ => return Err(arg.unexpected().into()),
         }
     }
     let name = name.ok_or("--name is needed")?;
-    if listen.is_empty() && health.is_none() && sink.is_none() {
+    if listen.is_empty() && health.is_none() && sink.is_empty() {
         return Err("nothing to serve: give --listen, --health or --sink".into());
     }
     let state = Arc::new(ServerState::new(&name, &listen)?);
@@ -163,7 +163,7 @@ pub fn serve(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(accept_http(listener, state.clone(), None));
     }
-    if let Some(listener) = listeners.sink {
+    for listener in listeners.sink {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tokio::spawn(accept_sink(listener, state.clone()));
     }
@@ -279,7 +279,7 @@ async fn write_all(stream: &tokio::net::TcpStream, mut data: &[u8]) -> io::Resul
 
 const LOAD_HELP: &str = "\
 usage: rr-testbed http-load --target ADDR:PORT --requests N [--concurrency C]
-                            [--timeout-ms T] [--source ADDR]
+                            [--timeout-ms T] [--source ADDR] [--raw]
 
 Sends N HTTP/1.0 `GET /` requests, each on a new TCP connection, C at a time,
 and prints one JSON line: requests, ok, errors by kind (connect, timeout,
@@ -291,7 +291,9 @@ rps (ok requests per second). Exits 0 whatever the errors.
   --requests N         how many requests
   --concurrency C      requests in flight at once (default 16)
   --timeout-ms T       per request, for connect and for the response (default 2000)
-  --source ADDR        local address to bind each connection to";
+  --source ADDR        local address to bind each connection to
+  --raw                add every ok latency, sorted, as latencies_us (so that
+                       several clients' percentiles can be merged)";
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -300,6 +302,8 @@ pub struct LoadOptions {
     pub concurrency: usize,
     pub timeout: Duration,
     pub source: Option<std::net::IpAddr>,
+    /// Report every latency too.
+    pub raw: bool,
 }
 
 /// Why a request failed.
@@ -338,7 +342,7 @@ impl LoadStats {
         }
     }
 
-    pub fn report(&self, requests: usize, elapsed: Duration) -> Value {
+    pub fn report(&self, requests: usize, elapsed: Duration, raw: bool) -> Value {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
         let percentile = |p: usize| {
@@ -354,7 +358,7 @@ impl LoadStats {
         } else {
             0.0
         };
-        json!({
+        let mut report = json!({
             "requests": requests,
             "ok": self.ok,
             "errors": {
@@ -373,7 +377,11 @@ impl LoadStats {
             },
             "elapsed_s": (seconds * 1000.0).round() / 1000.0,
             "rps": rps.round(),
-        })
+        });
+        if raw {
+            report["latencies_us"] = json!(sorted);
+        }
+        report
     }
 }
 
@@ -382,6 +390,7 @@ pub fn load_main(args: Vec<OsString>) -> Result<()> {
     let mut parser = lexopt::Parser::from_args(args);
     let (mut target, mut requests, mut concurrency, mut timeout_ms, mut source) =
         (None, None, 16usize, 2000u64, None);
+    let mut raw = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("target") => target = Some(value(&mut parser, "--target")?),
@@ -389,6 +398,7 @@ pub fn load_main(args: Vec<OsString>) -> Result<()> {
             Long("concurrency") => concurrency = value(&mut parser, "--concurrency")?,
             Long("timeout-ms") => timeout_ms = value(&mut parser, "--timeout-ms")?,
             Long("source") => source = Some(value(&mut parser, "--source")?),
+            Long("raw") => raw = true,
             Short('h') | Long("help") => help(LOAD_HELP),
             _ => return Err(arg.unexpected().into()),
         }
@@ -402,16 +412,17 @@ pub fn load_main(args: Vec<OsString>) -> Result<()> {
         concurrency,
         timeout: Duration::from_millis(timeout_ms),
         source,
+        raw,
     };
     let stats = Arc::new(Mutex::new(LoadStats::default()));
     let started = Instant::now();
     {
-        let (stats, requests) = (stats.clone(), options.requests);
+        let (stats, requests, raw) = (stats.clone(), options.requests, options.raw);
         handle_signals(
             &[],
             move || {
                 let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
-                stats.report(requests, started.elapsed())
+                stats.report(requests, started.elapsed(), raw)
             },
             |_| {},
         )?;
@@ -439,7 +450,7 @@ pub fn run_load(options: &LoadOptions, stats: &Mutex<LoadStats>, started: Instan
         }
     });
     let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
-    stats.report(options.requests, started.elapsed())
+    stats.report(options.requests, started.elapsed(), options.raw)
 }
 
 /// One request on a new connection: the server's name and the latency.
@@ -556,7 +567,7 @@ mod tests {
         let listeners = Listeners {
             listen,
             health: Some(health),
-            sink: Some(sink),
+            sink: vec![sink],
         };
         let serving = state.clone();
         std::thread::spawn(move || {
@@ -576,6 +587,7 @@ mod tests {
             concurrency: 16,
             timeout: Duration::from_secs(2),
             source: Some("127.0.0.1".parse().unwrap()),
+            raw: true,
         };
         run_load(&options, &Mutex::new(LoadStats::default()), Instant::now())
     }
@@ -601,6 +613,9 @@ mod tests {
         assert_eq!(report["errors"]["connect"], 0);
         assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
         assert!(report["latency_us"]["max"].as_u64() >= report["latency_us"]["p99"].as_u64());
+        let raw = report["latencies_us"].as_array().unwrap();
+        assert_eq!(raw.len(), 200, "--raw lists every ok latency");
+        assert!(raw.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()));
         let counters = state.report();
         assert_eq!(counters["requests"][addrs[1].to_string()], 200);
         assert_eq!(counters["requests"][addrs[0].to_string()], 0);
@@ -692,7 +707,7 @@ mod tests {
             stats.record(Ok(("a".into(), Duration::from_micros(us))));
         }
         stats.record(Err(Failure::Timeout));
-        let report = stats.report(101, Duration::from_secs(1));
+        let report = stats.report(101, Duration::from_secs(1), false);
         assert_eq!(
             report["latency_us"],
             json!({"p50": 51, "p90": 91, "p99": 100, "max": 100})

@@ -16,9 +16,8 @@
 
 mod gre;
 mod http;
-// The orchestrator (`run`) lives in run.rs and topology.rs:
-// mod run;
-// mod topology;
+mod run;
+mod topology;
 
 use serde_json::Value;
 use std::error::Error;
@@ -32,6 +31,7 @@ const USAGE: &str = "\
 usage: rr-testbed SUBCOMMAND [OPTIONS]
 
 subcommands:
+  run           the whole testbed: build it, serve HTTP through rusty_rail, report, tear down
   gre-router    encapsulate packets from a tun in GRE and spread them over live LBs
   gre-server    decapsulate GRE addressed to this host into a tun
   http-server   answer GET with the server's name; health endpoint; byte sink
@@ -57,7 +57,14 @@ fn dispatch(command: &str, rest: Vec<OsString>) -> Result<()> {
         "gre-server" => gre::server_main(rest),
         "http-server" => http::server_main(rest),
         "http-load" => http::load_main(rest),
-        // "run" => run::main(rest),
+        "run" => {
+            let rest: Vec<String> = rest
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            // Everything of the run is dropped (torn down) by now.
+            std::process::exit(run::main(&rest))
+        }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -125,39 +132,4 @@ where
     let text = raw.to_str().ok_or_else(|| format!("{option}: not UTF-8"))?;
     text.parse()
         .map_err(|e| format!("{option} {text:?}: {e}").into())
-}
-
-/// Lets tests run the tools as separate processes from the test binary
-/// itself (cargo gives a binary's own unit tests no path to the binary):
-/// a test spawns its own executable with RR_TESTBED_TOOL set to the
-/// tool's arguments, separated by newlines, running only this test.
-#[cfg(test)]
-mod tool_process {
-    pub const VARIABLE: &str = "RR_TESTBED_TOOL";
-    pub const TEST: &str = "tool_process::run_tool";
-
-    /// The command line that runs `args` as a tool.
-    pub fn command_line(args: &[&str]) -> (Vec<String>, String) {
-        let exe = std::env::current_exe().unwrap().display().to_string();
-        let harness = [exe.as_str(), "--exact", TEST, "--ignored", "--nocapture"];
-        (harness.map(String::from).to_vec(), args.join("\n"))
-    }
-
-    #[test]
-    #[ignore = "runs a tool when a test spawns it; nothing on its own"]
-    fn run_tool() {
-        let Ok(line) = std::env::var(VARIABLE) else {
-            return;
-        };
-        let mut args = line.split('\n').map(std::ffi::OsString::from);
-        let command = args.next().unwrap_or_default();
-        let code = match super::dispatch(&command.to_string_lossy(), args.collect()) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("rr-testbed {}: {e}", command.to_string_lossy());
-                1
-            }
-        };
-        std::process::exit(code);
-    }
 }
