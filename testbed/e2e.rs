@@ -106,9 +106,12 @@ impl Conn {
         })
         .expect("netns")
         .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-        // A stalled connection fails the test instead of hanging it.
+        // A stalled connection fails the test instead of hanging it. TCP
+        // backs off exponentially through an outage of a second or so (a
+        // node dying), and its next retransmission may come seconds after
+        // the path is back: allow for a few doublings.
         for set in [TcpStream::set_read_timeout, TcpStream::set_write_timeout] {
-            set(&stream, Some(Duration::from_secs(10))).expect("timeout");
+            set(&stream, Some(Duration::from_secs(30))).expect("timeout");
         }
         stream.set_nodelay(true).expect("nodelay");
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
@@ -161,7 +164,7 @@ fn open_many(bed: &Testbed, n: usize, to: SocketAddr) -> Vec<Conn> {
         .collect()
 }
 
-/// Uploads on every connection at once, `chunk` bytes every 20 ms for
+/// Uploads on every connection at once, 8 KiB every 20 ms for
 /// `duration`, calling `during` once a third of the way in; the results
 /// of `finish`.
 fn transfer(
@@ -176,7 +179,7 @@ fn transfer(
                 s.spawn(move || {
                     let end = Instant::now() + duration;
                     while Instant::now() < end {
-                        if let Err(e) = c.send(16 * 1024) {
+                        if let Err(e) = c.send(8 * 1024) {
                             return (c.server.clone(), Err(format!("{}: {e}", c.server)));
                         }
                         std::thread::sleep(Duration::from_millis(20));
@@ -192,6 +195,40 @@ fn transfer(
             .map(|h| h.join().expect("transfer thread"))
             .collect()
     })
+}
+
+/// The router never took a node out: a flow that moved between nodes
+/// right after a backend change could change servers, which is not what
+/// these tests are about.
+fn assert_no_node_flapped(bed: &mut Testbed) {
+    let log = bed.proc("router").stderr();
+    assert!(!log.contains(" down"), "the router took a node out: {log}");
+}
+
+/// On a failure: the TCP sockets of the client and the servers, and the
+/// client's neighbours, for the log.
+fn dump_tcp(bed: &Testbed) {
+    let mut hosts = vec![client_name(0)];
+    hosts.extend((0..bed.server_count()).map(server_name));
+    for host in hosts {
+        let ns = bed.ns(&host);
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "exec", &ns, "ss", "-tin"])
+            .output()
+        {
+            eprintln!("{host}: ss -tin\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    if let Ok(out) = Command::new("ip")
+        .args(["-n", &bed.ns(&client_name(0)), "neigh"])
+        .output()
+    {
+        eprintln!(
+            "{}: neighbours\n{}",
+            client_name(0),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
@@ -248,9 +285,10 @@ fn tcp_through_the_vip_succeeds_on_every_iteration() {
 
 #[test]
 fn a_transfer_survives_killing_the_lb_node_it_went_through() {
-    let Some((_serial, mut bed)) = bed("a_transfer_survives", |o| {
-        o.shape = Shape::iteration(3).expect("shape")
-    }) else {
+    let Some((_serial, mut bed)) = bed(
+        "a_transfer_survives_killing_the_lb_node_it_went_through",
+        |o| o.shape = Shape::iteration(3).expect("shape"),
+    ) else {
         return;
     };
     let conns = open_many(&bed, 16, vip(SINK_PORT));
@@ -267,6 +305,9 @@ fn a_transfer_survives_killing_the_lb_node_it_went_through() {
     let results = transfer(conns, Duration::from_secs(3), || {
         bed_ref.proc(&lb_name(0)).signal(libc::SIGKILL);
     });
+    if results.iter().any(|(_, r)| r.is_err()) {
+        dump_tcp(&bed);
+    }
     for (server, r) in &results {
         assert!(r.is_ok(), "a connection to {server} broke: {r:?}");
     }
@@ -289,13 +330,15 @@ fn a_transfer_survives_killing_the_lb_node_it_went_through() {
 
 #[test]
 fn removing_a_server_breaks_only_the_connections_on_it() {
-    let Some((_serial, bed)) = bed("removing_a_server", |o| {
-        o.shape = Shape {
-            clients: 1,
-            lbs: 2,
-            servers: 3,
-        }
-    }) else {
+    let Some((_serial, mut bed)) =
+        bed("removing_a_server_breaks_only_the_connections_on_it", |o| {
+            o.shape = Shape {
+                clients: 1,
+                lbs: 2,
+                servers: 3,
+            }
+        })
+    else {
         return;
     };
     let mut conns = open_many(&bed, 30, vip(SINK_PORT));
@@ -322,11 +365,12 @@ fn removing_a_server_breaks_only_the_connections_on_it() {
             assert!(r.is_ok(), "a connection on {server} broke: {r:?}");
         }
     }
+    assert_no_node_flapped(&mut bed);
 }
 
 #[test]
 fn adding_a_server_moves_no_established_connection() {
-    let Some((_serial, bed)) = bed("adding_a_server", |o| {
+    let Some((_serial, mut bed)) = bed("adding_a_server_moves_no_established_connection", |o| {
         o.shape = Shape {
             clients: 1,
             lbs: 2,
@@ -346,6 +390,7 @@ fn adding_a_server_moves_no_established_connection() {
     for (server, r) in &results {
         assert!(r.is_ok(), "a connection on {server} moved or broke: {r:?}");
     }
+    assert_no_node_flapped(&mut bed);
     // The new server does take new connections.
     let r = load(&bed, 0, vip(HTTP_PORT), 200);
     assert_eq!(r["ok"], 200, "{r}");
@@ -354,13 +399,16 @@ fn adding_a_server_moves_no_established_connection() {
 
 #[test]
 fn a_server_failing_health_checks_gets_no_new_connections() {
-    let Some((_serial, mut bed)) = bed("a_server_failing_health_checks", |o| {
-        o.shape = Shape {
-            clients: 1,
-            lbs: 2,
-            servers: 3,
-        }
-    }) else {
+    let Some((_serial, mut bed)) = bed(
+        "a_server_failing_health_checks_gets_no_new_connections",
+        |o| {
+            o.shape = Shape {
+                clients: 1,
+                lbs: 2,
+                servers: 3,
+            }
+        },
+    ) else {
         return;
     };
     let r = load(&bed, 0, vip(HTTP_PORT), 150);
@@ -440,7 +488,9 @@ fn announced(test: &str) -> Option<(MutexGuard<'static, ()>, Testbed)> {
 
 #[test]
 fn an_announced_vip_survives_the_death_of_the_active_node() {
-    let Some((_serial, mut bed)) = announced("an_announced_vip_survives_the_death") else {
+    let Some((_serial, mut bed)) =
+        announced("an_announced_vip_survives_the_death_of_the_active_node")
+    else {
         return;
     };
     let conns = open_many(&bed, 8, floating(SINK_PORT));
@@ -455,6 +505,9 @@ fn an_announced_vip_survives_the_death_of_the_active_node() {
             .expect("ip");
         assert!(down.success());
     });
+    if results.iter().any(|(_, r)| r.is_err()) {
+        dump_tcp(&bed);
+    }
     for (server, r) in &results {
         assert!(r.is_ok(), "a connection to {server} broke: {r:?}");
     }
@@ -469,7 +522,9 @@ fn an_announced_vip_survives_the_death_of_the_active_node() {
 /// work again from then on.
 #[test]
 fn an_announced_vip_serves_new_connections_after_the_active_process_dies() {
-    let Some((_serial, mut bed)) = announced("an_announced_vip_serves_new_connections") else {
+    let Some((_serial, mut bed)) =
+        announced("an_announced_vip_serves_new_connections_after_the_active_process_dies")
+    else {
         return;
     };
     bed.proc(&lb_name(0)).signal(libc::SIGKILL);

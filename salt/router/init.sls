@@ -15,6 +15,20 @@ include:
     - value: 1
 {% endfor %}
 
+# Routes back to the clients, so that the ICMP "fragmentation needed"
+# for packets too big for the tunnels reaches them (path MTU discovery).
+{% for client in tb.clients %}
+{% set c = tb.nodes[client] %}
+router-route-{{ client }}:
+  cmd.run:
+    - name: ip route replace {{ c.c }}/32 via {{ c.v }} dev {{ tb.iface }}
+    - unless: ip route show {{ c.c }}/32 | grep -qF 'via {{ c.v }}'
+{% endfor %}
+
+net.ipv4.conf.{{ tb.iface }}.rp_filter:
+  sysctl.present:
+    - value: 0
+
 router-route-s:
   cmd.run:
     - name: >-
@@ -39,6 +53,22 @@ router-route-s:
 
 {% set routes = [] %}
 {% for gre in gres %}{% do routes.append('svc' ~ loop.index0) %}{% endfor %}
+{% for client in tb.clients %}{% do routes.append('c' ~ loop.index0) %}{% endfor %}
+
+# Routes back to the clients, so that the ICMP "fragmentation needed"
+# for packets too big for the tunnels reaches them (path MTU discovery).
+{% for client in tb.clients %}
+{% set c = tb.nodes[client] %}
+rc-route_c{{ loop.index0 }}:
+  sysrc.managed:
+    - name: route_c{{ loop.index0 }}
+    - value: "-host {{ c.c }} {{ c.v }}"
+
+router-route-{{ client }}:
+  cmd.run:
+    - name: route add -host {{ c.c }} {{ c.v }}
+    - unless: 'route -n get {{ c.c }} | grep -qF "gateway: {{ c.v }}"'
+{% endfor %}
 rc-static_routes:
   sysrc.managed:
     - name: static_routes

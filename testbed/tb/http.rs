@@ -403,8 +403,15 @@ pub fn load_main(args: Vec<OsString>) -> Result<()> {
             _ => return Err(arg.unexpected().into()),
         }
     }
-    if concurrency == 0 || timeout_ms == 0 {
-        return Err("--concurrency and --timeout-ms must be above 0".into());
+    // Bounded load: threads and remembered latencies.
+    if !(1..=1024).contains(&concurrency) {
+        return Err(format!("--concurrency {concurrency}: expected 1-1024").into());
+    }
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(format!("--timeout-ms {timeout_ms}: expected 1-60000").into());
+    }
+    if requests.is_some_and(|n: usize| !(1..=10_000_000).contains(&n)) {
+        return Err("--requests: expected 1-10000000".into());
     }
     let options = LoadOptions {
         target: target.ok_or("--target is needed")?,

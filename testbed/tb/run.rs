@@ -62,8 +62,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 out.requests = v
                     .parse()
                     .ok()
-                    .filter(|n| (1..=10_000_000).contains(n))
-                    .ok_or_else(|| format!("--requests {v:?}: expected 1-10000000"))?;
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| format!("--requests {v:?}: expected 1-1000000"))?;
             }
             "--concurrency" => {
                 let v = value(arg)?;
@@ -97,7 +97,14 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("rr-testbed run: needs root (network namespaces, XDP)");
         return 2;
     }
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // Release builds abort on a panic, so Drop would not tear down.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        topology::delete_leftovers();
+    }));
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&STOP)) {
             eprintln!("rr-testbed run: cannot handle signals: {e}");
             return 1;
@@ -197,6 +204,8 @@ fn job(args: &Args) -> Result<bool, String> {
             }
             if stopped() {
                 println!("interrupted: tearing down");
+                bed.down();
+                println!("torn down");
                 return Ok(false);
             }
             if Instant::now() > deadline {

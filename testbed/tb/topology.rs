@@ -26,7 +26,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// The addressing plan; the salt pillar (`salt/pillar/testbed.sls`) uses
@@ -241,6 +241,19 @@ pub fn tail(log: &str) -> String {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Every namespace made and not yet deleted, for [`delete_leftovers`].
+static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Deletes every namespace this process made and has not deleted: for a
+/// panic hook, since release builds abort instead of unwinding (so Drop
+/// does not run). The processes die with us (PR_SET_PDEATHSIG).
+pub fn delete_leftovers() {
+    let names = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    for ns in names.iter().rev() {
+        let _ = run(Command::new("ip").args(["netns", "delete", ns]));
+    }
+}
+
 /// Set by a signal handler (Ctrl-C): waits give up, so the caller can
 /// tear down.
 pub static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
@@ -303,6 +316,10 @@ impl Testbed {
         let name = self.ns(host);
         run(Command::new("ip").args(["netns", "add", &name]))?;
         self.namespaces.push(name.clone());
+        CREATED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
         self.ip(&name, "link set lo up")?;
         Ok(name)
     }
@@ -389,7 +406,7 @@ impl Testbed {
             self.sysctl(&ns, "net/ipv4/ip_forward", "1")?;
             self.sysctl(&ns, "net/ipv4/conf/all/rp_filter", "0")?;
             self.tun(&ns, ROUTER_T)?;
-            self.ip(&ns, &format!("route add {S_PREFIX} dev gre0"))?;
+            self.ip(&ns, &format!("route add {S_PREFIX} dev rrtun0"))?;
             // The way back to the clients, for the ICMP "fragmentation
             // needed" that path MTU discovery through the tunnel relies on.
             for i in 0..shape.clients {
@@ -423,7 +440,7 @@ impl Testbed {
             self.ip(&ns, &format!("addr add {VIP}/32 dev lo"))?;
             self.ip(&ns, &format!("addr add {FLOATING_VIP}/32 dev lo"))?;
             self.tun(&ns, server_t(j))?;
-            self.sysctl(&ns, "net/ipv4/conf/gre0/rp_filter", "0")?;
+            self.sysctl(&ns, "net/ipv4/conf/rrtun0/rp_filter", "0")?;
             // DSR: answers go straight to the clients, not into a tunnel.
             for i in 0..shape.clients {
                 self.ip(
@@ -435,12 +452,12 @@ impl Testbed {
         Ok(())
     }
 
-    /// A persistent TUN device `gre0` with `addr/22` (network T), up.
+    /// A persistent TUN device `rrtun0` (not `gre0`: `ip_gre`, where loaded, makes that in every namespace) with `addr/22` (network T), up.
     fn tun(&self, ns: &str, addr: Ipv4Addr) -> Result<(), String> {
-        self.ip(ns, "tuntap add dev gre0 mode tun")?;
-        self.ip(ns, &format!("link set gre0 mtu {TUNNEL_MTU}"))?;
-        self.ip(ns, &format!("addr add {addr}/22 dev gre0"))?;
-        self.ip(ns, "link set gre0 up")
+        self.ip(ns, "tuntap add dev rrtun0 mode tun")?;
+        self.ip(ns, &format!("link set rrtun0 mtu {TUNNEL_MTU}"))?;
+        self.ip(ns, &format!("addr add {addr}/22 dev rrtun0"))?;
+        self.ip(ns, "link set rrtun0 up")
     }
 
     pub fn bin(&self, name: &str) -> String {
@@ -461,6 +478,13 @@ impl Testbed {
         let stderr = self.dir.join(format!("{name}.err"));
         let open = |p: &Path| File::create(p).map_err(|e| format!("{}: {e}", p.display()));
         let mut cmd = Command::new("ip");
+        // Only the settings given here: an RR_* variable in the caller's
+        // environment must not change the testbed.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RR_") {
+                cmd.env_remove(key);
+            }
+        }
         cmd.args(["netns", "exec", ns])
             .args(argv)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -514,7 +538,7 @@ impl Testbed {
                     tb.clone(),
                     "gre-server".into(),
                     "--tun".into(),
-                    "gre0".into(),
+                    "rrtun0".into(),
                 ],
                 &[],
             )?;
@@ -544,11 +568,15 @@ impl Testbed {
                 tb.clone(),
                 "gre-router".into(),
                 "--tun".into(),
-                "gre0".into(),
+                "rrtun0".into(),
                 "--source".into(),
                 ROUTER_V.to_string(),
                 "--check-port".into(),
                 API_PORT.to_string(),
+                // Two missed checks take a node out: not too eager on a
+                // busy two-core machine running debug builds.
+                "--check-interval-ms".into(),
+                "250".into(),
             ];
             for i in 0..shape.lbs {
                 argv.extend(["--lb".into(), lb_v(i).to_string()]);
@@ -635,6 +663,10 @@ impl Testbed {
             if let Err(e) = run(Command::new("ip").args(["netns", "delete", &ns])) {
                 eprintln!("testbed: {e}");
             }
+            CREATED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|n| *n != ns);
         }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
