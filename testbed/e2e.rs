@@ -80,10 +80,7 @@ fn served(result: &Value, server: usize) -> u64 {
 }
 
 fn errors(result: &Value) -> u64 {
-    result["errors"]
-        .as_object()
-        .map(|e| e.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(u64::MAX)
+    sum(&result["errors"])
 }
 
 fn vip(port: u16) -> SocketAddr {
@@ -280,7 +277,49 @@ fn tcp_through_the_vip_succeeds_on_every_iteration() {
                 .expect("metrics");
             assert!(flows > 0.0, "iteration {n}: {} saw no flow", lb_name(lb));
         }
+        // The GRE tools' own counters: nothing dropped or malformed, DF
+        // on every outer header, a SYN per connection.
+        let mut bed = bed;
+        let router = final_counters(bed.proc("router"));
+        assert_eq!(sum(&router["drops"]), 0, "iteration {n}: router {router}");
+        let syns: u64 = (0..shape.lbs)
+            .map(|lb| {
+                router["lbs"][lb_v(lb).to_string()]["syns"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(
+            syns >= 200 * shape.clients as u64,
+            "iteration {n}: router {router}"
+        );
+        for j in 0..shape.servers {
+            let decap = final_counters(bed.proc(&format!("{}-decap", server_name(j))));
+            assert!(decap["decapsulated"].as_u64() > Some(0), "{decap}");
+            assert_eq!(decap["outer_without_df"], 0, "{decap}");
+            assert_eq!(sum(&decap["malformed"]), 0, "{decap}");
+        }
     }
+}
+
+/// The sum of a JSON object's numbers.
+fn sum(v: &Value) -> u64 {
+    v.as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(u64::MAX)
+}
+
+/// Stops a GRE tool and returns its last JSON line of counters.
+fn final_counters(p: &mut Proc) -> Value {
+    let status = p.stop(Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}: {status:?}",
+        p.name
+    );
+    let out = p.stdout();
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {out:?}", p.name))
 }
 
 #[test]

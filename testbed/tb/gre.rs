@@ -42,6 +42,21 @@ struct TunRequest {
 
 const _: () = assert!(size_of::<TunRequest>() == size_of::<libc::ifreq>());
 
+/// Reads one packet, retrying interrupted reads and, 10 ms apart so as not
+/// to spin, failed ones (counted in `failed`).
+fn read_one(mut reader: impl Read, buf: &mut [u8], failed: &AtomicU64) -> usize {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// The decapsulator's socket buffers.
 const RECEIVE_BUFFER: libc::c_int = 16 << 20;
 
@@ -581,16 +596,7 @@ fn route(
         .collect();
     let mut reader = tun;
     loop {
-        let n = match reader.read(&mut packet) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => {
-                counters.read_failed.fetch_add(1, Ordering::Relaxed);
-                // Do not spin on a device that keeps failing.
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+        let n = read_one(&mut reader, &mut packet, &counters.read_failed);
         counters.received.fetch_add(1, Ordering::Relaxed);
         let inner = &packet[..n];
         let Some(flow) = flow(inner) else {
@@ -798,15 +804,7 @@ fn decapsulate_loop(socket: &Socket, tun: &File, counters: &ServerCounters, ipv6
     let mut reader = socket;
     let mut writer = tun;
     loop {
-        let n = match reader.read(&mut packet) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => {
-                counters.read_failed.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+        let n = read_one(&mut reader, &mut packet, &counters.read_failed);
         let result = if ipv6 {
             decapsulate_gre(&packet[..n])
         } else {
