@@ -75,7 +75,6 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--keep" => out.keep = true,
             "--announce" => out.announce = true,
-            "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -85,6 +84,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
 /// The exit status: 0 when every request succeeded, 1 when not or on an
 /// error, 2 for bad arguments.
 pub fn main(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return 0;
+    }
     let args = match parse(args) {
         Ok(a) => a,
         Err(e) => {
