@@ -298,6 +298,8 @@ fn tcp_through_the_vip_succeeds_on_every_iteration() {
             assert!(decap["decapsulated"].as_u64() > Some(0), "{decap}");
             assert_eq!(decap["outer_without_df"], 0, "{decap}");
             assert_eq!(sum(&decap["malformed"]), 0, "{decap}");
+            assert_eq!(decap["read_failed"], 0, "{decap}");
+            assert_eq!(decap["write_failed"], 0, "{decap}");
         }
     }
 }
@@ -489,23 +491,6 @@ fn floating(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(FLOATING_VIP, port))
 }
 
-/// Whether node `lb` has the floating VIP on its device.
-fn holds(bed: &Testbed, lb: usize) -> bool {
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            &bed.ns(&lb_name(lb)),
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "v0",
-        ])
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout).contains(&format!("{FLOATING_VIP}/"))
-}
-
 /// Two nodes announcing the floating VIP, lb1 holding it and serving.
 fn announced(test: &str) -> Option<(MutexGuard<'static, ()>, Testbed)> {
     let (serial, bed) = bed(test, |o| {
@@ -516,10 +501,11 @@ fn announced(test: &str) -> Option<(MutexGuard<'static, ()>, Testbed)> {
         };
         o.front = Front::Announce;
     })?;
-    wait_until("lb1 to hold the VIP", Duration::from_secs(5), || {
-        holds(&bed, 0)
-    });
-    assert!(!holds(&bed, 1), "both nodes hold the VIP");
+    // Testbed::up has waited for lb1 to hold it alone.
+    assert!(
+        bed.holds(0) && !bed.holds(1),
+        "lb1 does not hold the VIP alone"
+    );
     let r = load(&bed, 0, floating(HTTP_PORT), 100);
     assert_eq!(r["ok"], 100, "{r}");
     Some((serial, bed))
@@ -550,7 +536,7 @@ fn an_announced_vip_survives_the_death_of_the_active_node() {
     for (server, r) in &results {
         assert!(r.is_ok(), "a connection to {server} broke: {r:?}");
     }
-    assert!(holds(&bed, 1), "lb2 did not take the VIP over");
+    assert!(bed.holds(1), "lb2 did not take the VIP over");
     let r = load(&bed, 0, floating(HTTP_PORT), 100);
     assert_eq!(r["ok"], 100, "after the takeover: {r}");
 }
@@ -568,7 +554,7 @@ fn an_announced_vip_serves_new_connections_after_the_active_process_dies() {
     };
     bed.proc(&lb_name(0)).signal(libc::SIGKILL);
     wait_until("lb2 to take the VIP over", Duration::from_secs(5), || {
-        holds(&bed, 1)
+        bed.holds(1)
     });
     let client = bed.ns(&client_name(0));
     wait_until(

@@ -8,10 +8,11 @@ rusty_rail-build-packages:
     - pkgs: {{ os.build_pkgs | json }}
 
 {% if grains['kernel'] == 'Linux' %}
-# Debian's own rustc is older than the crate's rust-version: use rustup.
+# Debian's own rustc is older than the crate's rust-version: use rustup,
+# with the toolchain .ci/setup pins.
 rusty_rail-toolchain:
   cmd.run:
-    - name: curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    - name: curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
     - creates: {{ os.cargo }}
     - require:
       - pkg: rusty_rail-build-packages

@@ -3,6 +3,15 @@
 //! requests through the VIP, prints who served what, and tears it all
 //! down, also on Ctrl-C.
 
+/// `println!` that ignores a closed stdout (`| head`, a hung-up terminal):
+/// a release build would abort on the panic and skip the teardown.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use crate::topology::{self, Front, Options, STOP, Shape, Testbed};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -12,12 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: rr-testbed run [--iteration 1|2|3|4] [--requests N] [--concurrency N] [--announce] [--keep]
+const USAGE: &str = "usage: rr-testbed run [--iteration 1|2|3|4] [--requests N] [--concurrency C] [--announce] [--keep]
 
 Builds the seed's testbed in network namespaces (iteration 1: 1 client,
 1 LB node, 1 server; 2: 1/1/2; 3: 1/2/2; 4: 2/2/2; default 4), runs
 rusty_rail on every LB node, sends N HTTP requests (default 4000, split
-over the clients, each on its own connection, N at a time per client,
+over the clients, each on its own connection, C at a time per client,
 default 16) through the router to the VIP, prints requests per server
 and per LB node, and tears everything down. --announce leaves the router
 out: the LB nodes announce a floating VIP on the clients' network
@@ -85,7 +94,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
 /// error, 2 for bad arguments.
 pub fn main(args: &[String]) -> i32 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return 0;
     }
     let args = match parse(args) {
@@ -145,7 +154,7 @@ fn job(args: &Args) -> Result<bool, String> {
     } else {
         (Front::Router, topology::VIP)
     };
-    println!(
+    say!(
         "rusty_rail testbed, iteration {}: {} client{}, {}, {} LB node{} (rusty_rail), {} server{}",
         args.iteration,
         shape.clients,
@@ -164,7 +173,7 @@ fn job(args: &Args) -> Result<bool, String> {
     let mut opts = Options::new(shape, bin_dir);
     opts.front = front;
     let mut bed = Testbed::up(opts)?;
-    println!(
+    say!(
         "up in {:.1} s: namespaces {}-*, VIP {}:{}",
         started.elapsed().as_secs_f64(),
         bed.tag,
@@ -198,17 +207,18 @@ fn job(args: &Args) -> Result<bool, String> {
         let name = format!("{}-load", topology::client_name(i));
         loads.push(bed.spawn(&name, &ns, &argv, &[])?);
     }
-    // Bounded: every request has its own timeout.
-    let deadline = Instant::now() + Duration::from_secs(30 + args.requests / 50);
+    // Bounded: each request may take http-load's 2 s timeout, C at a time.
+    let per_client = args.requests.div_ceil(shape.clients as u64);
+    let deadline =
+        Instant::now() + Duration::from_secs(30 + 2 * per_client.div_ceil(args.concurrency));
     for &i in &loads {
         loop {
             if bed.procs[i].try_wait().is_some() {
                 break;
             }
             if stopped() {
-                println!("interrupted: tearing down");
                 bed.down();
-                println!("torn down");
+                say!("interrupted; torn down");
                 return Ok(false);
             }
             if Instant::now() > deadline {
@@ -241,12 +251,11 @@ fn job(args: &Args) -> Result<bool, String> {
         };
         per_lb.push((connections, bed.metric(n, "rr_tx_packets_total")?));
     }
-    print!("{}", report(shape, args, &total, &per_lb));
+    say!("{}", report(shape, args, &total, &per_lb).trim_end());
     let ok = total.ok == args.requests && total.errors() == 0;
 
     if args.keep && !stopped() {
-        bed.keep_dir = true;
-        println!(
+        say!(
             "\nkept up; poke with e.g.\n  ip netns exec {} curl -s http://{}/\n  ip netns exec {} curl -s http://{}:{}/metrics\nlogs in {}; Ctrl-C tears it down",
             bed.ns(&topology::client_name(0)),
             vip,
@@ -258,10 +267,14 @@ fn job(args: &Args) -> Result<bool, String> {
         while !stopped() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        bed.keep_dir = false;
+    }
+    if !ok {
+        // Failed requests: the hosts' logs are what tells why.
+        bed.keep_dir = true;
+        say!("logs kept in {}", bed.dir.display());
     }
     bed.down();
-    println!("torn down");
+    say!("torn down");
     Ok(ok)
 }
 
@@ -272,7 +285,11 @@ fn router_syns(bed: &mut Testbed) -> Result<Vec<f64>, String> {
     router.signal(libc::SIGUSR1);
     let deadline = Instant::now() + Duration::from_secs(2);
     let line = loop {
-        if let Some(line) = router.stdout().lines().nth(before) {
+        // Only a whole line: the router may be writing it still.
+        let out = router.stdout();
+        if let Some(line) = out.split_inclusive('\n').nth(before)
+            && line.ends_with('\n')
+        {
             break line.to_string();
         }
         if Instant::now() > deadline {

@@ -290,7 +290,7 @@ impl Testbed {
             namespaces: Vec::new(),
             procs: Vec::new(),
             // For a failing test: its processes' logs stay in the directory.
-            keep_dir: std::env::var_os("RR_TESTBED_KEEP_LOGS").is_some(),
+            keep_dir: std::env::var_os("RR_TESTBED_KEEP_LOGS").is_some_and(|v| !v.is_empty()),
         };
         bed.build()?;
         bed.start()?;
@@ -562,6 +562,20 @@ impl Testbed {
             self.start_lb(i)?;
         }
 
+        if self.opts.front == Front::Announce {
+            // lb1 (the lower MAC) holds the VIP once any contest is over.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !(self.holds(0) && (1..shape.lbs).all(|i| !self.holds(i))) {
+                if STOP.load(Ordering::Relaxed) {
+                    return Err("interrupted".into());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{} never held {FLOATING_VIP} alone", lb_name(0)));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
         if self.opts.front == Front::Router {
             let ns = self.ns("router");
             let mut argv = vec![
@@ -589,6 +603,14 @@ impl Testbed {
             }
         }
         Ok(())
+    }
+
+    /// Whether node `i` has the floating VIP on its device.
+    pub fn holds(&self, i: usize) -> bool {
+        let ns = self.ns(&lb_name(i));
+        run(Command::new("ip").args(["-n", &ns, "-o", "addr", "show", "dev", "v0"])).is_ok_and(
+            |out| String::from_utf8_lossy(&out.stdout).contains(&format!("{FLOATING_VIP}/")),
+        )
     }
 
     /// The `RR_*` environment of node `i`.
