@@ -4,6 +4,7 @@
 //! decapsulation, answers going straight back (DSR). Needs root; skipped
 //! with a reason otherwise (never in CI).
 
+mod netns;
 #[path = "tb/topology.rs"]
 mod topology;
 
@@ -18,17 +19,6 @@ use topology::*;
 
 /// The tests share two cores and a lot of processes: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
 
 fn bin_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_rusty_rail"))
@@ -45,12 +35,7 @@ fn bin_dir() -> PathBuf {
 /// The testbed for `test`, built under the lock; None (with the reason
 /// printed) when not root, which CI never is.
 fn bed(test: &str, opts: impl FnOnce(&mut Options)) -> Option<(MutexGuard<'static, ()>, Testbed)> {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: CI runs as root and must run this test"
-        );
-        eprintln!("skipped: {test}: needs root (network namespaces, AF_XDP)");
+    if netns::skip_unless_root(test) {
         return None;
     }
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

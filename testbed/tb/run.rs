@@ -15,8 +15,10 @@ macro_rules! say {
 use crate::topology::{self, Front, Options, STOP, Shape, Testbed};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -58,36 +60,33 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 .cloned()
         };
         match arg.as_str() {
-            "--iteration" => {
-                let v = value(arg)?;
-                out.iteration = v
-                    .parse()
-                    .ok()
-                    .filter(|n| Shape::iteration(*n).is_some())
-                    .ok_or_else(|| format!("--iteration {v:?}: expected 1, 2, 3 or 4"))?;
-            }
-            "--requests" => {
-                let v = value(arg)?;
-                out.requests = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| format!("--requests {v:?}: expected 1-1000000"))?;
-            }
-            "--concurrency" => {
-                let v = value(arg)?;
-                out.concurrency = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| format!("--concurrency {v:?}: expected 1-1024"))?;
-            }
+            "--iteration" => out.iteration = number(arg, &value(arg)?, 1..=4)?,
+            "--requests" => out.requests = number(arg, &value(arg)?, 1..=1_000_000)?,
+            "--concurrency" => out.concurrency = number(arg, &value(arg)?, 1..=1024)?,
             "--keep" => out.keep = true,
             "--announce" => out.announce = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     Ok(out)
+}
+
+/// `value` of option `name` as a number within `range`.
+fn number<T>(name: &str, value: &str, range: RangeInclusive<T>) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + Display,
+{
+    value
+        .parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{name} {value:?}: expected {}-{}",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 /// The exit status: 0 when every request succeeded, 1 when not or on an
@@ -251,8 +250,8 @@ fn job(args: &Args) -> Result<bool, String> {
         };
         per_lb.push((connections, bed.metric(n, "rr_tx_packets_total")?));
     }
-    say!("{}", report(shape, args, &total, &per_lb).trim_end());
     let ok = total.ok == args.requests && total.errors() == 0;
+    say!("{}", report(shape, args, total, &per_lb).trim_end());
 
     if args.keep && !stopped() {
         say!(
@@ -345,24 +344,17 @@ impl Load {
         self.errors.values().sum()
     }
 
-    fn percentile(&mut self, p: f64) -> f64 {
+    /// Needs `latencies_us` sorted.
+    fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
-        self.latencies_us.sort_unstable();
         let rank = ((p / 100.0) * self.latencies_us.len() as f64).ceil() as usize;
         self.latencies_us[rank.clamp(1, self.latencies_us.len()) - 1] as f64 / 1000.0
     }
 }
 
-fn report(shape: Shape, args: &Args, load: &Load, per_lb: &[(f64, f64)]) -> String {
-    let mut load = Load {
-        ok: load.ok,
-        errors: load.errors.clone(),
-        by_server: load.by_server.clone(),
-        latencies_us: load.latencies_us.clone(),
-        elapsed_s: load.elapsed_s,
-    };
+fn report(shape: Shape, args: &Args, mut load: Load, per_lb: &[(f64, f64)]) -> String {
     let mut out = String::new();
     let rps = if load.elapsed_s > 0.0 {
         (load.ok + load.errors()) as f64 / load.elapsed_s
@@ -376,6 +368,7 @@ fn report(shape: Shape, args: &Args, load: &Load, per_lb: &[(f64, f64)]) -> Stri
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
+    load.latencies_us.sort_unstable();
     let p50 = load.percentile(50.0);
     let p99 = load.percentile(99.0);
     let _ = writeln!(

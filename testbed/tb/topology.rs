@@ -157,9 +157,6 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -307,9 +304,6 @@ impl Testbed {
 
     pub fn ns(&self, host: &str) -> String {
         format!("{}-{host}", self.tag)
-    }
-    pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
     }
 
     fn add_ns(&mut self, host: &str) -> Result<String, String> {
