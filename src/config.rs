@@ -71,13 +71,14 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const MAX_DEVICE_LEN: usize = 15;
 
 /// The variables this module knows, in the order they are documented.
-pub const VARIABLES: [&str; 31] = [
+pub const VARIABLES: [&str; 32] = [
     "RR_DEVICE",
     "RR_TARGET_IPS",
     "RR_VIPS",
     "RR_HASH_KEY",
     "RR_TABLE_SIZE",
     "RR_VLAN",
+    "RR_BACKEND",
     "RR_XDP_MODE",
     "RR_CORES",
     "RR_BATCH",
@@ -143,9 +144,14 @@ Configuration is read from these environment variables (an empty value counts as
                  Default: unset (untagged).
                  Example: RR_VLAN=100
 
+  RR_BACKEND     How frames reach the workers: xdp (an XDP program steers them to
+                 AF_XDP sockets) or netmap (netmap rings, with the host rings
+                 bridged; only in builds with the `netmap` cargo feature).
+                 Default: xdp.
+
   RR_XDP_MODE    How the XDP program is attached: auto (native, else generic),
                  native or generic. Zero-copy is used where the driver has it.
-                 Default: auto.
+                 Default: auto. Unused with netmap.
 
   RR_CORES       The cores the workers are pinned to, ','-separated numbers below
                  4096; one worker per RX queue, queue i on the i-th listed core
@@ -157,7 +163,8 @@ Configuration is read from these environment variables (an empty value counts as
                  Default: 64.
 
   RR_RING_SIZE   Descriptors in each AF_XDP ring (RX, TX, fill, completion): a
-                 power of two from 64 to 16384. Default: 2048.
+                 power of two from 64 to 16384. Default: 2048. Unused with
+                 netmap, whose driver sizes its rings.
 
   RR_IDLE        What an idle worker does: adaptive (spin RR_IDLE_SPIN_US, then
                  sleep in poll() until traffic returns) or spin (never sleep).
@@ -445,6 +452,15 @@ impl Watch {
 /// `RR_STATE_DIR` when unset.
 pub const DEFAULT_STATE_DIR: &str = "/run/rusty_rail";
 
+/// `RR_BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// An XDP program steers frames to AF_XDP sockets.
+    Xdp,
+    /// netmap rings, the host rings bridged (cargo feature `netmap`).
+    Netmap,
+}
+
 /// `RR_XDP_MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpMode {
@@ -466,6 +482,7 @@ pub enum Idle {
 /// The forwarder's tuning knobs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forwarder {
+    pub backend: Io,
     pub xdp_mode: XdpMode,
     /// `RR_CORES`; `None` means queue i on core i.
     pub cores: Option<Vec<usize>>,
@@ -505,6 +522,7 @@ pub const DEFAULT_API: std::net::SocketAddr = std::net::SocketAddr::V4(
 impl Default for Forwarder {
     fn default() -> Self {
         Forwarder {
+            backend: Io::Xdp,
             xdp_mode: XdpMode::Auto,
             cores: None,
             batch: 64,
@@ -530,6 +548,7 @@ struct Raw {
     hash_key: Option<String>,
     table_size: Option<String>,
     vlan: Option<String>,
+    backend: Option<String>,
     xdp_mode: Option<String>,
     cores: Option<String>,
     batch: Option<String>,
@@ -1024,6 +1043,20 @@ fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
         expected,
     };
     let mut f = Forwarder::default();
+    if let Some(v) = value(&raw.backend) {
+        f.backend = match v {
+            "xdp" => Io::Xdp,
+            "netmap" if cfg!(feature = "netmap") => Io::Netmap,
+            "netmap" => {
+                return Err(bad(
+                    "RR_BACKEND",
+                    v,
+                    "xdp: this build has no netmap backend (build with --features netmap)",
+                ));
+            }
+            _ => return Err(bad("RR_BACKEND", v, "xdp or netmap")),
+        };
+    }
     if let Some(v) = value(&raw.xdp_mode) {
         f.xdp_mode = match v {
             "auto" => XdpMode::Auto,
@@ -2108,8 +2141,25 @@ mod tests {
     }
 
     #[test]
+    fn backend_is_xdp_by_default_and_netmap_only_in_netmap_builds() {
+        let config = with_device(&[("RR_TARGET_IPS", "10.0.0.1")]).unwrap();
+        assert_eq!(config.forwarder.backend, Io::Xdp);
+        let config = with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_BACKEND", "xdp")]).unwrap();
+        assert_eq!(config.forwarder.backend, Io::Xdp);
+        let netmap = with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_BACKEND", "netmap")]);
+        if cfg!(feature = "netmap") {
+            assert_eq!(netmap.unwrap().forwarder.backend, Io::Netmap);
+        } else {
+            let err = netmap.unwrap_err();
+            assert_message(&err, "RR_BACKEND", "netmap");
+            assert!(err.to_string().contains("--features netmap"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_forwarder_values_are_one_line_errors_naming_the_variable() {
         for (var, bad) in [
+            ("RR_BACKEND", "dpdk"),
             ("RR_XDP_MODE", "fast"),
             ("RR_CORES", "0,,1"),
             ("RR_CORES", "-1"),

@@ -491,6 +491,8 @@ impl api::Control for Controller {
             .collect();
         dropped.push(("tx_ring_full", total.tx_full));
         dropped.push(("to_host_failed", total.host_failed));
+        dropped.push(("from_host_tx_full", total.from_host_dropped));
+        dropped.push(("too_long", total.too_long));
         let s = self.lock();
         let listed: BTreeSet<u16> = s
             .tables
@@ -519,6 +521,7 @@ impl api::Control for Controller {
                 .map(|q| metrics::Queue { rx: q.rx, tx: q.tx })
                 .collect(),
             to_host: total.to_host,
+            from_host: total.from_host,
             dropped,
             icmp_sent: total.icmp_sent,
             backends,

@@ -13,9 +13,11 @@ use super::announce::{self, Announcer};
 use super::controller::{self, Controller, Held, Node};
 use super::services::Services;
 use super::{api, health, neighbours, netlink, privileges};
-use crate::config::Config;
-use crate::dataplane::worker::{self, Shared, Stats, Totals};
+use crate::config::{Config, Io};
+use crate::dataplane::worker::{self, Port, Shared, Stats, Totals};
 use crate::dataplane::{Tables, conntrack, flow};
+#[cfg(feature = "netmap")]
+use crate::io::netmap;
 use crate::io::tap::{self, Tap};
 use crate::io::xdp::{self, Mode, Steering};
 use crate::io::xsk::{self, Socket};
@@ -68,10 +70,15 @@ pub enum Error {
     Steering(#[from] xdp::Error),
     #[error(transparent)]
     Socket(#[from] xsk::Error),
+    #[cfg(feature = "netmap")]
+    #[error(transparent)]
+    Netmap(#[from] netmap::Error),
     #[error(transparent)]
     Api(#[from] api::Error),
     #[error(transparent)]
     Announce(#[from] announce::Error),
+    #[error("RR_BACKEND=netmap: this build has no netmap backend (build with --features netmap)")]
+    NoNetmap,
     #[error("cannot start worker {queue}: {message}")]
     Worker { queue: u32, message: String },
 }
@@ -111,7 +118,9 @@ pub fn run(
         })
     };
     let mut device = read_device()?;
-    if let Ok(caps) = privileges::effective() {
+    let xdp = config.forwarder.backend == Io::Xdp;
+    // netmap needs /dev/netmap, whose open says what is wrong.
+    if xdp && let Ok(caps) = privileges::effective() {
         let missing = privileges::missing(caps);
         if !missing.is_empty() {
             return Err(Error::Privileges {
@@ -138,20 +147,6 @@ pub fn run(
     // before: the node's own are the rest.
     device.v4.retain(|a| !announced.contains(&IpAddr::V4(*a)));
     device.v6.retain(|a| !announced.contains(&IpAddr::V6(*a)));
-    clear_leftover(&device)?;
-    let longest = device
-        .mtu
-        .saturating_add(if config.vlan.is_some() { 18 } else { 14 });
-    if longest > xsk::MAX_FRAME {
-        log::warn!(
-            "{} has MTU {}: frames longer than {} bytes do not fit an AF_XDP frame; \
-             they go to the host unforwarded",
-            device.name,
-            device.mtu,
-            xsk::MAX_FRAME
-        );
-    }
-
     let tables = Arc::new(tables);
     if device.v4.is_empty() && device.v6.is_empty() {
         log::warn!(
@@ -159,30 +154,12 @@ pub fn run(
             device.name
         );
     }
-    let mut steering = Steering::attach(
-        &device.name,
-        device.index,
-        config.forwarder.xdp_mode,
-        config.vlan,
-        &device.v4,
-        &device.v6,
-    )?;
-
-    let host = match Tap::open(&tap::name_for(&device.name), device.mac) {
-        Ok(tap) => Some(tap),
-        Err(e) => {
-            log::warn!(
-                "cannot create the TAP device {} for frames the host must see: {e}; \
-                 such frames are dropped and counted as to_host_failed",
-                tap::name_for(&device.name)
-            );
-            None
-        }
+    let (ports, path) = if xdp {
+        open_xdp(config, &device)?
+    } else {
+        open_netmap(&device)?
     };
-
-    let queues = crate::io::rx_queues(&device.name).clamp(1, xdp::MAX_QUEUES);
-    let copy = open_sockets(config, &device, &mut steering, queues, host.as_ref())?;
-    let (sockets, copy_mode) = copy;
+    let queues = ports.len() as u32;
 
     let node = Node {
         mac: ethernet::Address(device.mac),
@@ -272,25 +249,26 @@ pub fn run(
         None
     };
 
-    let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(Socket::fd).collect();
-    let workers = start_workers(config, sockets, &shared, &stats)?;
+    let workers = match ports {
+        Ports::Xdp(sockets) => start_workers(config, sockets, &shared, &stats)?,
+        #[cfg(feature = "netmap")]
+        Ports::Netmap(ports) => start_workers(config, ports, &shared, &stats)?,
+    };
     log::info!(
-        "forwarding on {} (index {}): XDP {} mode, AF_XDP {} mode, {} queue{}, addresses {:?} {:?}",
+        "forwarding on {} (index {}): {}, {} queue{}, addresses {:?} {:?}",
         device.name,
         device.index,
-        steering.mode().name(),
-        copy_mode.name(),
+        path.describe(),
         queues,
         if queues == 1 { "" } else { "s" },
         device.v4,
         device.v6
     );
-    let steering = Arc::new(Mutex::new(steering));
     let announcer = match (&config.announce, lock) {
         (Some(a), Some(lock)) => {
             let steer = Arc::new(Steer {
                 control: Arc::clone(&control),
-                steering: Arc::clone(&steering),
+                steering: path.steering(),
                 own_v4: device.v4.clone(),
                 own_v6: device.v6.clone(),
             });
@@ -308,7 +286,7 @@ pub fn run(
         _ => None,
     };
     let mut last_stats = Instant::now();
-    let mut kernel: Vec<xsk::Statistics>;
+    let mut kernel: Option<Vec<xsk::Statistics>>;
     let mut exit = 0;
     while !stop.load(Ordering::Relaxed) {
         if let Some(code) = announcer.as_ref().and_then(Announcer::exit_code) {
@@ -325,11 +303,8 @@ pub fn run(
             && last_stats.elapsed() >= interval
         {
             last_stats = Instant::now();
-            kernel = fds
-                .iter()
-                .map(|fd| xsk::statistics(*fd).unwrap_or_default())
-                .collect();
-            log_stats(&stats, &kernel, &control.tables());
+            kernel = path.kernel_stats();
+            log_stats(&stats, kernel.as_deref(), &control.tables());
         }
     }
 
@@ -345,20 +320,16 @@ pub fn run(
     drop(api);
     drop(passive);
     // The sockets close with their workers: read their counters first.
-    kernel = fds
-        .iter()
-        .map(|fd| xsk::statistics(*fd).unwrap_or_default())
-        .collect();
+    kernel = path.kernel_stats();
     shared.stop.store(true, Ordering::Relaxed);
     for (queue, handle) in workers.into_iter().enumerate() {
         if handle.join().is_err() {
             log::error!("worker {queue} panicked");
         }
     }
-    log_stats(&stats, &kernel, &control.tables());
+    log_stats(&stats, kernel.as_deref(), &control.tables());
     // Sockets went with their workers; now the program and the TAP device.
-    drop(steering);
-    drop(host);
+    drop(path);
     log::info!("stopped; {} left as it was found", device.name);
     Ok(exit)
 }
@@ -374,7 +345,8 @@ fn announce_device(device: &netlink::Device) -> announce::Device {
 /// Points the data path and the XDP program at the held addresses.
 struct Steer {
     control: Arc<Controller>,
-    steering: Arc<Mutex<Steering>>,
+    /// None with netmap: the workers see every frame.
+    steering: Option<Arc<Mutex<Steering>>>,
     own_v4: Vec<Ipv4Addr>,
     own_v6: Vec<Ipv6Addr>,
 }
@@ -385,7 +357,10 @@ impl Steer {
         local_v4.extend(&held.v4);
         let mut local_v6 = self.own_v6.clone();
         local_v6.extend(&held.v6);
-        let mut steering = self.steering.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(steering) = &self.steering else {
+            return Ok(());
+        };
+        let mut steering = steering.lock().unwrap_or_else(|e| e.into_inner());
         steering
             .set_addresses(&local_v4, &local_v6, &held.v4, &held.v6)
             .map_err(|e| format!("cannot steer the announced addresses: {e}"))
@@ -453,6 +428,150 @@ impl Drop for Passive {
             let _ = t.join();
         }
     }
+}
+
+/// The workers' ports, by backend.
+enum Ports {
+    Xdp(Vec<Socket>),
+    #[cfg(feature = "netmap")]
+    Netmap(Vec<netmap::Port<netmap::Fds>>),
+}
+
+impl Ports {
+    fn len(&self) -> usize {
+        match self {
+            Ports::Xdp(s) => s.len(),
+            #[cfg(feature = "netmap")]
+            Ports::Netmap(p) => p.len(),
+        }
+    }
+}
+
+/// What a backend set up on the device beside its ports; dropping it
+/// takes it away again.
+enum Path {
+    Xdp {
+        steering: Arc<Mutex<Steering>>,
+        /// The TAP device `ToHost` frames go through; held until the
+        /// program is gone (fields drop in order).
+        _host: Option<Tap>,
+        fds: Vec<std::os::fd::RawFd>,
+        copy: xsk::Copy,
+    },
+    #[cfg(feature = "netmap")]
+    Netmap,
+}
+
+impl Path {
+    fn describe(&self) -> String {
+        match self {
+            Path::Xdp { steering, copy, .. } => {
+                let mode = steering.lock().unwrap_or_else(|e| e.into_inner()).mode();
+                format!("XDP {} mode, AF_XDP {} mode", mode.name(), copy.name())
+            }
+            #[cfg(feature = "netmap")]
+            Path::Netmap => "netmap, host rings bridged".to_string(),
+        }
+    }
+
+    fn steering(&self) -> Option<Arc<Mutex<Steering>>> {
+        match self {
+            Path::Xdp { steering, .. } => Some(Arc::clone(steering)),
+            #[cfg(feature = "netmap")]
+            Path::Netmap => None,
+        }
+    }
+
+    /// The AF_XDP sockets' kernel counters.
+    fn kernel_stats(&self) -> Option<Vec<xsk::Statistics>> {
+        match self {
+            Path::Xdp { fds, .. } => Some(
+                fds.iter()
+                    .map(|fd| xsk::statistics(*fd).unwrap_or_default())
+                    .collect(),
+            ),
+            #[cfg(feature = "netmap")]
+            Path::Netmap => None,
+        }
+    }
+}
+
+/// Clears a leftover program, attaches ours, creates the TAP device and
+/// opens one AF_XDP socket per RX queue.
+fn open_xdp(config: &Config, device: &netlink::Device) -> Result<(Ports, Path), Error> {
+    clear_leftover(device)?;
+    let longest = device
+        .mtu
+        .saturating_add(if config.vlan.is_some() { 18 } else { 14 });
+    if longest > xsk::MAX_FRAME {
+        log::warn!(
+            "{} has MTU {}: frames longer than {} bytes do not fit an AF_XDP frame; \
+             they go to the host unforwarded",
+            device.name,
+            device.mtu,
+            xsk::MAX_FRAME
+        );
+    }
+    let mut steering = Steering::attach(
+        &device.name,
+        device.index,
+        config.forwarder.xdp_mode,
+        config.vlan,
+        &device.v4,
+        &device.v6,
+    )?;
+    let host = match Tap::open(&tap::name_for(&device.name), device.mac) {
+        Ok(tap) => Some(tap),
+        Err(e) => {
+            log::warn!(
+                "cannot create the TAP device {} for frames the host must see: {e}; \
+                 such frames are dropped and counted as to_host_failed",
+                tap::name_for(&device.name)
+            );
+            None
+        }
+    };
+    let queues = crate::io::rx_queues(&device.name).clamp(1, xdp::MAX_QUEUES);
+    let (sockets, copy) = open_sockets(config, device, &mut steering, queues, host.as_ref())?;
+    let fds = sockets.iter().map(Socket::fd).collect();
+    Ok((
+        Ports::Xdp(sockets),
+        Path::Xdp {
+            steering: Arc::new(Mutex::new(steering)),
+            _host: host,
+            fds,
+            copy,
+        },
+    ))
+}
+
+/// One netmap port per NIC ring pair; the first also bridges the host
+/// rings.
+#[cfg(feature = "netmap")]
+fn open_netmap(device: &netlink::Device) -> Result<(Ports, Path), Error> {
+    let info = netmap::info(&device.name)?;
+    let pairs = info.pairs();
+    let ports = (0..pairs)
+        .map(|pair| netmap::open(&device.name, pair, pairs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let longest = device.mtu.saturating_add(18) as usize;
+    if let Some(size) = ports.first().map(netmap::Port::buf_size)
+        && longest > size
+    {
+        log::warn!(
+            "{} has MTU {}: frames longer than a {size}-byte netmap buffer are dropped \
+             and counted as too_long",
+            device.name,
+            device.mtu
+        );
+    }
+    Ok((Ports::Netmap(ports), Path::Netmap))
+}
+
+/// Config refuses `RR_BACKEND=netmap` in such builds already.
+#[cfg(not(feature = "netmap"))]
+fn open_netmap(_: &netlink::Device) -> Result<(Ports, Path), Error> {
+    Err(Error::NoNetmap)
 }
 
 /// A program of ours left by a crash is removed; anyone else's is an error.
@@ -531,9 +650,9 @@ fn open_sockets(
     Ok((sockets, copy))
 }
 
-fn start_workers(
+fn start_workers<P: Port + Send + 'static>(
     config: &Config,
-    sockets: Vec<Socket>,
+    sockets: Vec<P>,
     shared: &Arc<Shared>,
     stats: &Arc<Vec<Stats>>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, Error> {
@@ -582,23 +701,26 @@ fn start_workers(
 }
 
 /// One JSON line on stderr: the totals, then each queue, then the
-/// sockets' kernel counters (drops before a worker saw the frame).
-fn log_stats(stats: &[Stats], kernel: &[xsk::Statistics], tables: &Tables) {
+/// sockets' kernel counters (drops before a worker saw the frame; AF_XDP
+/// only).
+fn log_stats(stats: &[Stats], kernel: Option<&[xsk::Statistics]>, tables: &Tables) {
     let per_queue: Vec<Totals> = stats.iter().map(Stats::read).collect();
     let mut total = Totals::default();
     for q in &per_queue {
         total.add(q);
     }
-    let mut kernel_total = xsk::Statistics::default();
-    for k in kernel {
-        kernel_total.add(k);
-    }
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "stats": total.to_json(),
         "queues": per_queue.iter().map(Totals::to_json).collect::<Vec<_>>(),
-        "xsk": kernel_total.to_json(),
         "table_generation": tables.generation(),
     });
+    if let Some(kernel) = kernel {
+        let mut kernel_total = xsk::Statistics::default();
+        for k in kernel {
+            kernel_total.add(k);
+        }
+        line["xsk"] = kernel_total.to_json();
+    }
     // A closed stderr is no reason to stop forwarding.
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -12,6 +12,8 @@ pub struct Sample {
     pub queues: Vec<Queue>,
     /// Frames passed to the host stack.
     pub to_host: u64,
+    /// Frames the host stack sent out through us (netmap's host rings).
+    pub from_host: u64,
     /// Dropped frames by reason label.
     pub dropped: Vec<(&'static str, u64)>,
     /// ICMP errors sent back (those packets are in `dropped` too).
@@ -83,6 +85,13 @@ pub fn render(s: &Sample) -> String {
         "Frames passed to the host network stack.",
     );
     sample(&mut out, "rr_to_host_packets_total", &[], s.to_host);
+    family(
+        &mut out,
+        "rr_from_host_packets_total",
+        "counter",
+        "Frames from the host network stack sent out of the device (netmap).",
+    );
+    sample(&mut out, "rr_from_host_packets_total", &[], s.from_host);
 
     family(
         &mut out,
@@ -208,6 +217,7 @@ mod tests {
         Sample {
             queues: vec![Queue { rx: 10, tx: 7 }, Queue { rx: 3, tx: 0 }],
             to_host: 2,
+            from_host: 8,
             dropped: vec![("no_service", 4), ("ttl", 1)],
             icmp_sent: 3,
             backends: vec![
@@ -245,6 +255,9 @@ rr_tx_packets_total{queue=\"1\"} 0
 # HELP rr_to_host_packets_total Frames passed to the host network stack.
 # TYPE rr_to_host_packets_total counter
 rr_to_host_packets_total 2
+# HELP rr_from_host_packets_total Frames from the host network stack sent out of the device (netmap).
+# TYPE rr_from_host_packets_total counter
+rr_from_host_packets_total 8
 # HELP rr_dropped_packets_total Frames dropped, by reason.
 # TYPE rr_dropped_packets_total counter
 rr_dropped_packets_total{reason=\"no_service\"} 4
@@ -339,7 +352,7 @@ rr_flow_table_entries 42
     #[test]
     fn every_line_is_a_comment_or_a_parseable_sample() {
         let families = check_exposition(&render(&small()));
-        assert_eq!(families.len(), 11);
+        assert_eq!(families.len(), 12);
     }
 
     /// Checks the 0.0.4 grammar we emit: HELP then TYPE once per family,

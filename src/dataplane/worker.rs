@@ -91,13 +91,22 @@ impl Shared {
     }
 }
 
-/// Frames a port could not place, counted by the worker.
+/// What a port counts beside the verdicts: frames it could not place,
+/// and the host's own frames it passed to the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PortDrops {
+pub struct PortCounts {
     /// `Forward` and `Reply` frames dropped because the TX ring was full.
     pub tx_full: u64,
     /// `ToHost` frames the host path could not take.
     pub host_failed: u64,
+    /// Frames the host stack sent that went out of the device (netmap's
+    /// host RX ring).
+    pub from_host: u64,
+    /// Frames the host stack sent that were dropped: the TX ring was full.
+    pub from_host_dropped: u64,
+    /// Frames longer than one buffer (netmap's multi-slot frames), dropped
+    /// before the pipeline saw them.
+    pub too_long: u64,
 }
 
 /// A packet I/O backend as the worker loop sees it.
@@ -119,8 +128,12 @@ pub trait Port {
     /// Sleeps until frames may have arrived or `timeout` has passed.
     fn wait(&mut self, timeout: Duration);
 
-    /// Frames dropped by the port since the last call.
-    fn take_drops(&mut self) -> PortDrops;
+    /// What the port counted since the last call.
+    fn take_counts(&mut self) -> PortCounts;
+
+    /// After the worker stopped: waits up to `timeout` for queued frames
+    /// to leave.
+    fn drain(&mut self, _timeout: Duration) {}
 }
 
 /// How a worker runs.
@@ -163,6 +176,9 @@ struct StatsInner {
     icmp_sent: AtomicU64,
     tx_full: AtomicU64,
     host_failed: AtomicU64,
+    from_host: AtomicU64,
+    from_host_dropped: AtomicU64,
+    too_long: AtomicU64,
     flow_hits: AtomicU64,
     flow_misses: AtomicU64,
     /// Batches polled, busy or idle: advances while the worker is alive.
@@ -182,6 +198,10 @@ pub struct Totals {
     pub icmp_sent: u64,
     pub tx_full: u64,
     pub host_failed: u64,
+    /// Frames from the host stack sent out of the device (netmap only).
+    pub from_host: u64,
+    pub from_host_dropped: u64,
+    pub too_long: u64,
     pub flow_hits: u64,
     pub flow_misses: u64,
     pub polls: u64,
@@ -198,6 +218,9 @@ impl Totals {
         self.icmp_sent += other.icmp_sent;
         self.tx_full += other.tx_full;
         self.host_failed += other.host_failed;
+        self.from_host += other.from_host;
+        self.from_host_dropped += other.from_host_dropped;
+        self.too_long += other.too_long;
         self.flow_hits += other.flow_hits;
         self.flow_misses += other.flow_misses;
         self.polls += other.polls;
@@ -211,6 +234,11 @@ impl Totals {
             .chain([
                 ("tx_ring_full".to_string(), self.tx_full.into()),
                 ("to_host_failed".to_string(), self.host_failed.into()),
+                (
+                    "from_host_tx_full".to_string(),
+                    self.from_host_dropped.into(),
+                ),
+                ("too_long".to_string(), self.too_long.into()),
             ])
             .collect();
         serde_json::json!({
@@ -218,6 +246,7 @@ impl Totals {
             "tx": self.tx,
             "icmp_sent": self.icmp_sent,
             "to_host": self.to_host,
+            "from_host": self.from_host,
             "dropped": dropped,
             "flows": {"hits": self.flow_hits, "misses": self.flow_misses},
         })
@@ -228,7 +257,7 @@ impl Stats {
     /// Adds a batch. Single writer, so a plain load and store suffice
     /// (no locked read-modify-write on the hot path).
     #[inline]
-    pub(crate) fn publish(&self, batch: &Counters, port: PortDrops) {
+    pub(crate) fn publish(&self, batch: &Counters, port: PortCounts) {
         let s = &*self.inner;
         let bump = |counter: &AtomicU64, n: u64| {
             if n != 0 {
@@ -245,6 +274,9 @@ impl Stats {
         bump(&s.icmp_sent, batch.icmp_sent);
         bump(&s.tx_full, port.tx_full);
         bump(&s.host_failed, port.host_failed);
+        bump(&s.from_host, port.from_host);
+        bump(&s.from_host_dropped, port.from_host_dropped);
+        bump(&s.too_long, port.too_long);
         bump(&s.flow_hits, batch.flow_hits);
         bump(&s.flow_misses, batch.flow_misses);
         bump(&s.polls, 1);
@@ -278,6 +310,9 @@ impl Stats {
             icmp_sent: s.icmp_sent.load(Relaxed),
             tx_full: s.tx_full.load(Relaxed),
             host_failed: s.host_failed.load(Relaxed),
+            from_host: s.from_host.load(Relaxed),
+            from_host_dropped: s.from_host_dropped.load(Relaxed),
+            too_long: s.too_long.load(Relaxed),
             flow_hits: s.flow_hits.load(Relaxed),
             flow_misses: s.flow_misses.load(Relaxed),
             polls: s.polls.load(Relaxed),
@@ -350,7 +385,7 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
             }
             (outcome.verdict, len)
         });
-        stats.publish(&counters, port.take_drops());
+        stats.publish(&counters, port.take_counts());
         drop(snapshot);
         if n > 0 {
             idle_since = None;

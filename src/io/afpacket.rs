@@ -4,7 +4,7 @@
 //! own copy of every frame, so `ToHost` needs nothing done.
 
 use crate::dataplane::Verdict;
-use crate::dataplane::worker::{Port, PortDrops};
+use crate::dataplane::worker::{Port, PortCounts};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -17,7 +17,7 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 pub struct Socket {
     fd: OwnedFd,
     bufs: Vec<[u8; FRAME]>,
-    drops: PortDrops,
+    drops: PortCounts,
 }
 
 impl Socket {
@@ -71,7 +71,7 @@ impl Socket {
         Ok(Socket {
             fd,
             bufs: vec![[0; FRAME]; MAX_BATCH],
-            drops: PortDrops::default(),
+            drops: PortCounts::default(),
         })
     }
 }
@@ -159,7 +159,7 @@ impl Port for Socket {
         unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 
-    fn take_drops(&mut self) -> PortDrops {
+    fn take_counts(&mut self) -> PortCounts {
         std::mem::take(&mut self.drops)
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod afpacket;
 pub mod bpf;
+#[cfg(feature = "netmap")]
+pub mod netmap;
 pub mod packet;
 pub mod tap;
 pub mod xdp;

@@ -8,7 +8,7 @@
 
 use super::tap::Tap;
 use crate::dataplane::Verdict;
-use crate::dataplane::worker::{Port, PortDrops};
+use crate::dataplane::worker::{Port, PortCounts};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -79,7 +79,7 @@ pub struct Socket {
     tx_batch: Vec<FrameDesc>,
     comp_batch: Vec<FrameDesc>,
     host: Option<Tap>,
-    drops: PortDrops,
+    drops: PortCounts,
     /// Frames on the TX ring not yet back through completion.
     in_flight: usize,
     ring_size: u32,
@@ -191,7 +191,7 @@ impl Socket {
             comp_batch: scratch(ring),
             free,
             host,
-            drops: PortDrops::default(),
+            drops: PortCounts::default(),
             in_flight: 0,
             ring_size,
             fd,
@@ -223,16 +223,6 @@ impl Socket {
                 break;
             }
             queued = left;
-        }
-    }
-
-    /// Waits up to `timeout` for the frames on the TX ring to go out.
-    pub fn drain(&mut self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.in_flight > 0 && std::time::Instant::now() < deadline {
-            let _ = self.tx.wakeup();
-            self.recycle();
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -351,7 +341,16 @@ impl Port for Socket {
         let _ = self.rx.poll(ms);
     }
 
-    fn take_drops(&mut self) -> PortDrops {
+    fn drain(&mut self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.in_flight > 0 && std::time::Instant::now() < deadline {
+            let _ = self.tx.wakeup();
+            self.recycle();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn take_counts(&mut self) -> PortCounts {
         std::mem::take(&mut self.drops)
     }
 }

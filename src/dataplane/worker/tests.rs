@@ -98,7 +98,7 @@ struct MemPort {
     to_host: usize,
     dropped: usize,
     shared: Arc<Shared>,
-    drops: PortDrops,
+    drops: PortCounts,
 }
 
 impl Port for MemPort {
@@ -129,7 +129,7 @@ impl Port for MemPort {
 
     fn wait(&mut self, _: Duration) {}
 
-    fn take_drops(&mut self) -> PortDrops {
+    fn take_counts(&mut self) -> PortCounts {
         std::mem::take(&mut self.drops)
     }
 }
@@ -165,7 +165,7 @@ fn every_frame_forwarded_during_swaps_matches_one_whole_snapshot() {
         to_host: 0,
         dropped: 0,
         shared: Arc::clone(&shared),
-        drops: PortDrops::default(),
+        drops: PortCounts::default(),
     }));
     let worker = {
         let (shared, stats, port) = (Arc::clone(&shared), Arc::clone(&stats), Arc::clone(&port));
@@ -223,18 +223,22 @@ fn counters_add_up_per_verdict_and_port_drops() {
     batch.record(Verdict::Reply(DropReason::TooBig));
     stats.publish(
         &batch,
-        PortDrops {
+        PortCounts {
             tx_full: 1,
             host_failed: 1,
+            from_host: 4,
+            from_host_dropped: 5,
+            too_long: 6,
         },
     );
-    stats.publish(&batch, PortDrops::default());
+    stats.publish(&batch, PortCounts::default());
     let t = stats.read();
     // Replies are transmitted: tx = forwarded + replies - tx_full.
     assert_eq!((t.rx, t.tx, t.to_host, t.icmp_sent), (12, 7, 2, 2));
     assert_eq!(t.dropped[DropReason::NoBackend as usize], 2);
     assert_eq!(t.dropped[DropReason::TooBig as usize], 2);
     assert_eq!((t.tx_full, t.host_failed, t.polls), (1, 1, 2));
+    assert_eq!((t.from_host, t.from_host_dropped, t.too_long), (4, 5, 6));
     let mut sum = Totals::default();
     sum.add(&t);
     sum.add(&t);
@@ -260,7 +264,7 @@ fn missing_next_hop_queues_the_backend_and_counts_no_neighbour() {
         to_host: 0,
         dropped: 0,
         shared: Arc::clone(&shared),
-        drops: PortDrops::default(),
+        drops: PortCounts::default(),
     };
     run(&mut port, &shared, &stats, settings());
     assert_eq!(port.dropped, 8);
@@ -298,8 +302,8 @@ impl Port for IdlePort {
         self.sleeps += 1;
     }
 
-    fn take_drops(&mut self) -> PortDrops {
-        PortDrops::default()
+    fn take_counts(&mut self) -> PortCounts {
+        PortCounts::default()
     }
 }
 
@@ -368,8 +372,8 @@ impl Port for GrowPort {
 
     fn wait(&mut self, _: Duration) {}
 
-    fn take_drops(&mut self) -> PortDrops {
-        PortDrops::default()
+    fn take_counts(&mut self) -> PortCounts {
+        PortCounts::default()
     }
 }
 
@@ -459,8 +463,8 @@ impl Port for ListPort {
 
     fn wait(&mut self, _: Duration) {}
 
-    fn take_drops(&mut self) -> PortDrops {
-        PortDrops::default()
+    fn take_counts(&mut self) -> PortCounts {
+        PortCounts::default()
     }
 }
 
