@@ -6,7 +6,11 @@
 //! empty UDP datagram to its discard port, through the host stack), which
 //! makes the kernel resolve the hop; workers count its frames as
 //! `no_neighbour` meanwhile and never wait.
+//!
+//! Only Linux has a backend (rtnetlink); elsewhere every pass fails and
+//! every backend stays unresolved.
 
+#[cfg(target_os = "linux")]
 use super::netlink;
 use crate::dataplane::Tables;
 use crate::dataplane::neighbours::Static;
@@ -107,6 +111,28 @@ impl Resolver {
         UdpSocket::bind((bind, 0))
             .and_then(|s| s.send_to(&[], (backend, 9)))
             .is_ok()
+    }
+}
+
+/// Where the kernel's routes and neighbours would come from on this OS
+/// (FreeBSD: a PF_ROUTE RTM_GET per backend and the NET_RT_FLAGS /
+/// RTF_LLINFO sysctl); not written yet.
+#[cfg(not(target_os = "linux"))]
+pub mod netlink {
+    use std::net::IpAddr;
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum Error {
+        #[error("next-hop resolution is not implemented on this OS")]
+        Unsupported,
+    }
+
+    pub fn neighbours(_index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, Error> {
+        Err(Error::Unsupported)
+    }
+
+    pub fn next_hop(_dst: IpAddr) -> Result<(IpAddr, u32), Error> {
+        Err(Error::Unsupported)
     }
 }
 
