@@ -161,6 +161,7 @@ mod tests {
         assert_eq!(backends(&tables), want);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn loopback_backend_is_resolved_elsewhere_or_on_lo() {
         // 127.0.0.1 is routed out of lo: with lo as our device it has no
