@@ -142,8 +142,8 @@ fn run() -> Result<u8, Failure> {
     forward(&config, services, tables, &stop)
 }
 
-/// Forwards with the XDP data path until `stop`.
-#[cfg(feature = "xdp")]
+/// Forwards until `stop`.
+#[cfg(any(feature = "xdp", feature = "netmap"))]
 fn forward(
     config: &Config,
     services: Services,
@@ -154,9 +154,8 @@ fn forward(
         .map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
 }
 
-/// A build without the `xdp` feature has no data path yet (netmap's is
-/// being written).
-#[cfg(not(feature = "xdp"))]
+/// A build with neither backend feature has no data path.
+#[cfg(not(any(feature = "xdp", feature = "netmap")))]
 fn forward(
     _config: &Config,
     _services: Services,
@@ -164,7 +163,7 @@ fn forward(
     _stop: &AtomicBool,
 ) -> Result<u8, Failure> {
     Err(Failure::Start(
-        "this build has no data path: build with the xdp feature (Linux)".to_string(),
+        "this build has no data path: build with --features xdp (Linux) or netmap".to_string(),
         1,
     ))
 }

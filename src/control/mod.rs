@@ -5,12 +5,13 @@
 pub mod announce;
 pub mod api;
 pub mod controller;
-#[cfg(feature = "xdp")]
+#[cfg(any(feature = "xdp", feature = "netmap"))]
 pub mod forwarder;
 pub mod health;
 pub mod metrics;
 pub mod neighbours;
-#[cfg(target_os = "linux")]
+/// rtnetlink on Linux; elsewhere a stand-in whose calls fail.
+#[cfg_attr(not(target_os = "linux"), path = "no_netlink.rs")]
 pub mod netlink;
 #[cfg(target_os = "linux")]
 pub mod privileges;

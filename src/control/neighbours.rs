@@ -8,9 +8,8 @@
 //! `no_neighbour` meanwhile and never wait.
 //!
 //! Only Linux has a backend (rtnetlink); elsewhere every pass fails and
-//! every backend stays unresolved.
+//! every backend stays unresolved (see `no_netlink.rs`).
 
-#[cfg(target_os = "linux")]
 use super::netlink;
 use crate::dataplane::Tables;
 use crate::dataplane::neighbours::Static;
@@ -111,28 +110,6 @@ impl Resolver {
         UdpSocket::bind((bind, 0))
             .and_then(|s| s.send_to(&[], (backend, 9)))
             .is_ok()
-    }
-}
-
-/// Where the kernel's routes and neighbours would come from on this OS
-/// (FreeBSD: a PF_ROUTE RTM_GET per backend and the NET_RT_FLAGS /
-/// RTF_LLINFO sysctl); not written yet.
-#[cfg(not(target_os = "linux"))]
-pub mod netlink {
-    use std::net::IpAddr;
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum Error {
-        #[error("next-hop resolution is not implemented on this OS")]
-        Unsupported,
-    }
-
-    pub fn neighbours(_index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, Error> {
-        Err(Error::Unsupported)
-    }
-
-    pub fn next_hop(_dst: IpAddr) -> Result<(IpAddr, u32), Error> {
-        Err(Error::Unsupported)
     }
 }
 
