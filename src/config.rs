@@ -146,8 +146,9 @@ Configuration is read from these environment variables (an empty value counts as
 
   RR_BACKEND     How frames reach the workers: xdp (an XDP program steers them to
                  AF_XDP sockets) or netmap (netmap rings, with the host rings
-                 bridged; only in builds with the `netmap` cargo feature).
-                 Default: xdp.
+                 bridged; only in builds with the `netmap` cargo feature). xdp
+                 only in builds with the `xdp` feature (the default; Linux).
+                 Default: xdp (netmap in builds without xdp).
 
   RR_XDP_MODE    How the XDP program is attached: auto (native, else generic),
                  native or generic. Zero-copy is used where the driver has it.
@@ -522,7 +523,11 @@ pub const DEFAULT_API: std::net::SocketAddr = std::net::SocketAddr::V4(
 impl Default for Forwarder {
     fn default() -> Self {
         Forwarder {
-            backend: Io::Xdp,
+            backend: if cfg!(feature = "xdp") {
+                Io::Xdp
+            } else {
+                Io::Netmap
+            },
             xdp_mode: XdpMode::Auto,
             cores: None,
             batch: 64,
@@ -1045,7 +1050,14 @@ fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
     let mut f = Forwarder::default();
     if let Some(v) = value(&raw.backend) {
         f.backend = match v {
-            "xdp" => Io::Xdp,
+            "xdp" if cfg!(feature = "xdp") => Io::Xdp,
+            "xdp" => {
+                return Err(bad(
+                    "RR_BACKEND",
+                    v,
+                    "netmap: this build has no XDP backend (build with --features xdp, on Linux)",
+                ));
+            }
             "netmap" if cfg!(feature = "netmap") => Io::Netmap,
             "netmap" => {
                 return Err(bad(
@@ -1246,6 +1258,13 @@ fn parse_announce(raw: &Raw) -> Result<Option<Announce>, Error> {
         }
         return Ok(None);
     };
+    if cfg!(not(target_os = "linux")) {
+        return Err(bad(
+            "RR_ANNOUNCE",
+            list,
+            "nothing: announcing needs Linux (rtnetlink and packet sockets)",
+        ));
+    }
     let mut addresses: Vec<(IpAddr, u8)> = Vec::new();
     for entry in list.split(';') {
         let entry = entry.trim();
@@ -2143,9 +2162,20 @@ mod tests {
     #[test]
     fn backend_is_xdp_by_default_and_netmap_only_in_netmap_builds() {
         let config = with_device(&[("RR_TARGET_IPS", "10.0.0.1")]).unwrap();
-        assert_eq!(config.forwarder.backend, Io::Xdp);
-        let config = with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_BACKEND", "xdp")]).unwrap();
-        assert_eq!(config.forwarder.backend, Io::Xdp);
+        let default = if cfg!(feature = "xdp") {
+            Io::Xdp
+        } else {
+            Io::Netmap
+        };
+        assert_eq!(config.forwarder.backend, default);
+        let xdp = with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_BACKEND", "xdp")]);
+        if cfg!(feature = "xdp") {
+            assert_eq!(xdp.unwrap().forwarder.backend, Io::Xdp);
+        } else {
+            let err = xdp.unwrap_err();
+            assert_message(&err, "RR_BACKEND", "xdp");
+            assert!(err.to_string().contains("--features xdp"), "{err}");
+        }
         let netmap = with_device(&[("RR_TARGET_IPS", "10.0.0.1"), ("RR_BACKEND", "netmap")]);
         if cfg!(feature = "netmap") {
             assert_eq!(netmap.unwrap().forwarder.backend, Io::Netmap);

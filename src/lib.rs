@@ -5,6 +5,11 @@
 //! Only the I/O backends (`io`) may use `unsafe`.
 #![deny(unsafe_code)]
 
+#[cfg(all(feature = "xdp", not(target_os = "linux")))]
+compile_error!(
+    "the `xdp` feature (XDP and AF_XDP) needs Linux; build with --no-default-features --features netmap"
+);
+
 pub mod config;
 pub mod control;
 pub mod dataplane;

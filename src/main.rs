@@ -7,7 +7,8 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use rusty_rail::config::{self, Config};
-use rusty_rail::control::forwarder;
+use rusty_rail::control::services::Services;
+use rusty_rail::dataplane::Tables;
 use rusty_rail::{control, io, maglev};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::sync::Arc;
@@ -138,8 +139,33 @@ fn run() -> Result<u8, Failure> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| Failure::Start(format!("cannot handle signal {signal}: {e}"), 1))?;
     }
-    forwarder::run(&config, services, tables, &stop)
+    forward(&config, services, tables, &stop)
+}
+
+/// Forwards until `stop`.
+#[cfg(any(feature = "xdp", feature = "netmap"))]
+fn forward(
+    config: &Config,
+    services: Services,
+    tables: Tables,
+    stop: &AtomicBool,
+) -> Result<u8, Failure> {
+    control::forwarder::run(config, services, tables, stop)
         .map_err(|e| Failure::Start(e.to_string(), e.exit_code()))
+}
+
+/// A build with neither backend feature has no data path.
+#[cfg(not(any(feature = "xdp", feature = "netmap")))]
+fn forward(
+    _config: &Config,
+    _services: Services,
+    _tables: Tables,
+    _stop: &AtomicBool,
+) -> Result<u8, Failure> {
+    Err(Failure::Start(
+        "this build has no data path: build with --features xdp (Linux) or netmap".to_string(),
+        1,
+    ))
 }
 
 /// e.g. `2 backends in 65537 slots: 10.1.0.1 (weight 1) 32768 slots, ...`.

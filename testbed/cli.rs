@@ -183,6 +183,8 @@ fn missing_device_is_named_with_status_2() {
     );
 }
 
+/// The XDP backend's privilege check (netmap's is opening /dev/netmap).
+#[cfg(feature = "xdp")]
 #[test]
 fn valid_configuration_without_privileges_builds_tables_then_fails_in_one_line() {
     let out = run_unprivileged(&[

@@ -1,6 +1,7 @@
 //! Self-test of the network-namespace harness in `netns/mod.rs`: namespaces
 //! come and go by name, a two-host LAN carries IP traffic and raw frames
 //! byte for byte, and names never collide. Needs root; skips otherwise.
+#![cfg(target_os = "linux")]
 
 #[path = "netns/mod.rs"]
 mod netns;

@@ -9,23 +9,33 @@
 //! the sockets and detach the program, so the device is left as it was
 //! found.
 
+#[cfg(target_os = "linux")]
 use super::announce::{self, Announcer};
 use super::controller::{self, Controller, Held, Node};
+#[cfg(feature = "xdp")]
+use super::privileges;
 use super::services::Services;
-use super::{api, health, neighbours, netlink, privileges};
+use super::{api, health, neighbours, netlink};
 use crate::config::{Config, Io};
 use crate::dataplane::worker::{self, Port, Shared, Stats, Totals};
 use crate::dataplane::{Tables, conntrack, flow};
 #[cfg(feature = "netmap")]
 use crate::io::netmap;
+#[cfg(feature = "xdp")]
 use crate::io::tap::{self, Tap};
+#[cfg(feature = "xdp")]
 use crate::io::xdp::{self, Mode, Steering};
+#[cfg(feature = "xdp")]
 use crate::io::xsk::{self, Socket};
 use crate::wire::ethernet;
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+#[cfg(target_os = "linux")]
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+#[cfg(feature = "xdp")]
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why the forwarder could not start. Each is one line.
@@ -38,10 +48,12 @@ pub enum Error {
         device: String,
         source: netlink::Error,
     },
+    #[cfg(feature = "xdp")]
     #[error(
         "missing privileges: rusty_rail needs root, or {missing} (it loads an XDP program and opens AF_XDP sockets)"
     )]
     Privileges { missing: String },
+    #[cfg(feature = "xdp")]
     #[error(
         "{device} already runs XDP program {name:?} (id {id}) that is not rusty_rail's; remove it first, e.g. `ip link set dev {device} xdp off`"
     )]
@@ -50,6 +62,7 @@ pub enum Error {
         name: String,
         id: u32,
     },
+    #[cfg(feature = "xdp")]
     #[error(
         "{device} already runs rusty_rail's XDP program (id {id}) through a live link: is another rusty_rail running on it? ({message})"
     )]
@@ -58,16 +71,20 @@ pub enum Error {
         id: u32,
         message: String,
     },
+    #[cfg(feature = "xdp")]
     #[error(
         "{device} runs XDP program id {id}, which cannot be identified (reading its name needs CAP_SYS_ADMIN); remove it or run as root"
     )]
     Unidentified { device: String, id: u32 },
+    #[cfg(feature = "xdp")]
     #[error(
         "{device} runs XDP programs in several modes; remove them first, e.g. `ip link set dev {device} xdp off xdpgeneric off`"
     )]
     SeveralPrograms { device: String },
+    #[cfg(feature = "xdp")]
     #[error(transparent)]
     Steering(#[from] xdp::Error),
+    #[cfg(feature = "xdp")]
     #[error(transparent)]
     Socket(#[from] xsk::Error),
     #[cfg(feature = "netmap")]
@@ -75,10 +92,13 @@ pub enum Error {
     Netmap(#[from] netmap::Error),
     #[error(transparent)]
     Api(#[from] api::Error),
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Announce(#[from] announce::Error),
     #[error("RR_BACKEND=netmap: this build has no netmap backend (build with --features netmap)")]
     NoNetmap,
+    #[error("RR_BACKEND=xdp: this build has no XDP backend (build with --features xdp, on Linux)")]
+    NoXdp,
     #[error("cannot start worker {queue}: {message}")]
     Worker { queue: u32, message: String },
 }
@@ -120,6 +140,7 @@ pub fn run(
     let mut device = read_device()?;
     let xdp = config.forwarder.backend == Io::Xdp;
     // netmap needs /dev/netmap, whose open says what is wrong.
+    #[cfg(feature = "xdp")]
     if xdp && let Ok(caps) = privileges::effective() {
         let missing = privileges::missing(caps);
         if !missing.is_empty() {
@@ -134,6 +155,8 @@ pub fn run(
         .iter()
         .flat_map(|a| a.addresses.iter().map(|(addr, _)| *addr))
         .collect();
+    // Config refuses RR_ANNOUNCE elsewhere.
+    #[cfg(target_os = "linux")]
     let lock = match &config.announce {
         Some(a) => {
             let lock = announce::prepare(a, &announce_device(&device))?;
@@ -250,6 +273,7 @@ pub fn run(
     };
 
     let workers = match ports {
+        #[cfg(feature = "xdp")]
         Ports::Xdp(sockets) => start_workers(config, sockets, &shared, &stats)?,
         #[cfg(feature = "netmap")]
         Ports::Netmap(ports) => start_workers(config, ports, &shared, &stats)?,
@@ -264,12 +288,16 @@ pub fn run(
         device.v4,
         device.v6
     );
+    #[cfg(target_os = "linux")]
     let announcer = match (&config.announce, lock) {
         (Some(a), Some(lock)) => {
             let steer = Arc::new(Steer {
                 control: Arc::clone(&control),
+                #[cfg(feature = "xdp")]
                 steering: path.steering(),
+                #[cfg(feature = "xdp")]
                 own_v4: device.v4.clone(),
+                #[cfg(feature = "xdp")]
                 own_v6: device.v6.clone(),
             });
             match Announcer::start(a, &announce_device(&device), lock, steer) {
@@ -286,9 +314,12 @@ pub fn run(
         _ => None,
     };
     let mut last_stats = Instant::now();
-    let mut kernel: Option<Vec<xsk::Statistics>>;
+    let mut kernel: Option<serde_json::Value>;
+    // Only the announcer changes it.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
     let mut exit = 0;
     while !stop.load(Ordering::Relaxed) {
+        #[cfg(target_os = "linux")]
         if let Some(code) = announcer.as_ref().and_then(Announcer::exit_code) {
             exit = code;
             break;
@@ -304,11 +335,12 @@ pub fn run(
         {
             last_stats = Instant::now();
             kernel = path.kernel_stats();
-            log_stats(&stats, kernel.as_deref(), &control.tables());
+            log_stats(&stats, kernel, &control.tables());
         }
     }
 
     // Addresses first: nothing may be left steered or on the device.
+    #[cfg(target_os = "linux")]
     if let Some(announcer) = announcer
         && !announcer.stop()
         && exit == 0
@@ -327,13 +359,15 @@ pub fn run(
             log::error!("worker {queue} panicked");
         }
     }
-    log_stats(&stats, kernel.as_deref(), &control.tables());
+    log_stats(&stats, kernel, &control.tables());
     // Sockets went with their workers; now the program and the TAP device.
+    #[cfg_attr(not(feature = "xdp"), allow(clippy::drop_non_drop))]
     drop(path);
     log::info!("stopped; {} left as it was found", device.name);
     Ok(exit)
 }
 
+#[cfg(target_os = "linux")]
 fn announce_device(device: &netlink::Device) -> announce::Device {
     announce::Device {
         name: device.name.clone(),
@@ -343,15 +377,26 @@ fn announce_device(device: &netlink::Device) -> announce::Device {
 }
 
 /// Points the data path and the XDP program at the held addresses.
+#[cfg(target_os = "linux")]
 struct Steer {
     control: Arc<Controller>,
     /// None with netmap: the workers see every frame.
+    #[cfg(feature = "xdp")]
     steering: Option<Arc<Mutex<Steering>>>,
+    #[cfg(feature = "xdp")]
     own_v4: Vec<Ipv4Addr>,
+    #[cfg(feature = "xdp")]
     own_v6: Vec<Ipv6Addr>,
 }
 
+#[cfg(target_os = "linux")]
 impl Steer {
+    #[cfg(not(feature = "xdp"))]
+    fn program(&self, _held: &Held) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[cfg(feature = "xdp")]
     fn program(&self, held: &Held) -> Result<(), String> {
         let mut local_v4 = self.own_v4.clone();
         local_v4.extend(&held.v4);
@@ -367,6 +412,7 @@ impl Steer {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl announce::Steer for Steer {
     /// Workers learn of an address before the XDP program sends them its
     /// frames, and forget it only after the program has stopped.
@@ -432,6 +478,7 @@ impl Drop for Passive {
 
 /// The workers' ports, by backend.
 enum Ports {
+    #[cfg(feature = "xdp")]
     Xdp(Vec<Socket>),
     #[cfg(feature = "netmap")]
     Netmap(Vec<netmap::Port<netmap::Fds>>),
@@ -440,6 +487,7 @@ enum Ports {
 impl Ports {
     fn len(&self) -> usize {
         match self {
+            #[cfg(feature = "xdp")]
             Ports::Xdp(s) => s.len(),
             #[cfg(feature = "netmap")]
             Ports::Netmap(p) => p.len(),
@@ -450,6 +498,7 @@ impl Ports {
 /// What a backend set up on the device beside its ports; dropping it
 /// takes it away again.
 enum Path {
+    #[cfg(feature = "xdp")]
     Xdp {
         steering: Arc<Mutex<Steering>>,
         /// The TAP device `ToHost` frames go through; held until the
@@ -465,6 +514,7 @@ enum Path {
 impl Path {
     fn describe(&self) -> String {
         match self {
+            #[cfg(feature = "xdp")]
             Path::Xdp { steering, copy, .. } => {
                 let mode = steering.lock().unwrap_or_else(|e| e.into_inner()).mode();
                 format!("XDP {} mode, AF_XDP {} mode", mode.name(), copy.name())
@@ -474,6 +524,7 @@ impl Path {
         }
     }
 
+    #[cfg(feature = "xdp")]
     fn steering(&self) -> Option<Arc<Mutex<Steering>>> {
         match self {
             Path::Xdp { steering, .. } => Some(Arc::clone(steering)),
@@ -482,14 +533,17 @@ impl Path {
         }
     }
 
-    /// The AF_XDP sockets' kernel counters.
-    fn kernel_stats(&self) -> Option<Vec<xsk::Statistics>> {
+    /// The AF_XDP sockets' kernel counters, summed.
+    fn kernel_stats(&self) -> Option<serde_json::Value> {
         match self {
-            Path::Xdp { fds, .. } => Some(
-                fds.iter()
-                    .map(|fd| xsk::statistics(*fd).unwrap_or_default())
-                    .collect(),
-            ),
+            #[cfg(feature = "xdp")]
+            Path::Xdp { fds, .. } => {
+                let mut total = xsk::Statistics::default();
+                for fd in fds {
+                    total.add(&xsk::statistics(*fd).unwrap_or_default());
+                }
+                Some(total.to_json())
+            }
             #[cfg(feature = "netmap")]
             Path::Netmap => None,
         }
@@ -498,6 +552,7 @@ impl Path {
 
 /// Clears a leftover program, attaches ours, creates the TAP device and
 /// opens one AF_XDP socket per RX queue.
+#[cfg(feature = "xdp")]
 fn open_xdp(config: &Config, device: &netlink::Device) -> Result<(Ports, Path), Error> {
     clear_leftover(device)?;
     let longest = device
@@ -574,7 +629,14 @@ fn open_netmap(_: &netlink::Device) -> Result<(Ports, Path), Error> {
     Err(Error::NoNetmap)
 }
 
+/// Config refuses `RR_BACKEND=xdp` in such builds already.
+#[cfg(not(feature = "xdp"))]
+fn open_xdp(_: &Config, _: &netlink::Device) -> Result<(Ports, Path), Error> {
+    Err(Error::NoXdp)
+}
+
 /// A program of ours left by a crash is removed; anyone else's is an error.
+#[cfg(feature = "xdp")]
 fn clear_leftover(device: &netlink::Device) -> Result<(), Error> {
     let Some(attached) = device.xdp else {
         return Ok(());
@@ -612,6 +674,7 @@ fn clear_leftover(device: &netlink::Device) -> Result<(), Error> {
 
 /// One socket per queue. Native mode tries zero-copy first (in `auto`),
 /// and says once when it has to copy.
+#[cfg(feature = "xdp")]
 fn open_sockets(
     config: &Config,
     device: &netlink::Device,
@@ -703,7 +766,7 @@ fn start_workers<P: Port + Send + 'static>(
 /// One JSON line on stderr: the totals, then each queue, then the
 /// sockets' kernel counters (drops before a worker saw the frame; AF_XDP
 /// only).
-fn log_stats(stats: &[Stats], kernel: Option<&[xsk::Statistics]>, tables: &Tables) {
+fn log_stats(stats: &[Stats], kernel: Option<serde_json::Value>, tables: &Tables) {
     let per_queue: Vec<Totals> = stats.iter().map(Stats::read).collect();
     let mut total = Totals::default();
     for q in &per_queue {
@@ -715,11 +778,7 @@ fn log_stats(stats: &[Stats], kernel: Option<&[xsk::Statistics]>, tables: &Table
         "table_generation": tables.generation(),
     });
     if let Some(kernel) = kernel {
-        let mut kernel_total = xsk::Statistics::default();
-        for k in kernel {
-            kernel_total.add(k);
-        }
-        line["xsk"] = kernel_total.to_json();
+        line["xsk"] = kernel;
     }
     // A closed stderr is no reason to stop forwarding.
     let _ = writeln!(std::io::stderr().lock(), "{line}");
@@ -727,6 +786,7 @@ fn log_stats(stats: &[Stats], kernel: Option<&[xsk::Statistics]>, tables: &Table
 
 /// Without CAP_IPC_LOCK the UMEMs count against RLIMIT_MEMLOCK; say so
 /// when they will not fit, since the bind error would not.
+#[cfg(feature = "xdp")]
 fn warn_memlock(caps: u64, config: &Config) {
     if privileges::has_ipc_lock(caps) {
         return;

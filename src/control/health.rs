@@ -592,10 +592,13 @@ fn read_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
     use crate::control::netns;
+    #[cfg(target_os = "linux")]
+    use etherparse::Icmpv4Header;
     use etherparse::{
-        Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header,
-        PacketBuilder, icmpv4, icmpv4::DestUnreachableHeader, icmpv6,
+        Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder,
+        icmpv4, icmpv4::DestUnreachableHeader, icmpv6,
     };
     use proptest::prelude::*;
     use std::net::TcpListener;
@@ -1168,6 +1171,7 @@ mod tests {
 
     // --- Passive sockets ---
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn passive_reports_a_backend_from_icmp_over_loopback() {
         if netns::skip_unless_root("passive_reports_a_backend_from_icmp_over_loopback") {

@@ -1,19 +1,24 @@
 //! Control-side code: builds what the data path reads. May allocate, log
 //! and return typed errors; never runs on a worker thread.
 
+#[cfg(target_os = "linux")]
 pub mod announce;
 pub mod api;
 pub mod controller;
+#[cfg(any(feature = "xdp", feature = "netmap"))]
 pub mod forwarder;
 pub mod health;
 pub mod metrics;
 pub mod neighbours;
+/// rtnetlink on Linux; elsewhere a stand-in whose calls fail.
+#[cfg_attr(not(target_os = "linux"), path = "no_netlink.rs")]
 pub mod netlink;
+#[cfg(target_os = "linux")]
 pub mod privileges;
 pub mod services;
 
 /// The namespace test harness, shared with the testbed.
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 #[path = "../../testbed/netns/mod.rs"]
 pub(crate) mod netns;
 

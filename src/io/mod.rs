@@ -1,18 +1,25 @@
 //! Packet I/O backends. The only place besides ffi/ where `unsafe` is allowed.
 #![allow(unsafe_code)]
 
+#[cfg(target_os = "linux")]
 pub mod afpacket;
+#[cfg(feature = "xdp")]
 pub mod bpf;
 #[cfg(feature = "netmap")]
 pub mod netmap;
+#[cfg(target_os = "linux")]
 pub mod packet;
+#[cfg(target_os = "linux")]
 pub mod tap;
+#[cfg(feature = "xdp")]
 pub mod xdp;
+#[cfg(feature = "xdp")]
 pub mod xsk;
 
 use std::ffi::CString;
 
 /// `error: cause: cause` on one line.
+#[cfg(feature = "xdp")]
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
@@ -45,6 +52,7 @@ pub fn device_index(name: &str) -> Option<u32> {
 ///
 /// Netlink's IFLA_NUM_RX_QUEUES is the most the device could have, not
 /// what is active, and AF_XDP binds only to active queues.
+#[cfg(target_os = "linux")]
 #[must_use]
 pub fn rx_queues(name: &str) -> u32 {
     ethtool_rx_channels(name)
@@ -60,6 +68,8 @@ pub fn rx_queues(name: &str) -> u32 {
 }
 
 /// The soft RLIMIT_MEMLOCK in bytes, or None when unlimited or unknown.
+/// What AF_XDP UMEMs count against (FreeBSD's `rlim_t` is signed).
+#[cfg(feature = "xdp")]
 #[must_use]
 pub fn memlock_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
@@ -71,10 +81,13 @@ pub fn memlock_limit() -> Option<u64> {
     (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
+#[cfg(target_os = "linux")]
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
+#[cfg(target_os = "linux")]
 const ETHTOOL_GCHANNELS: u32 = 0x3c;
 
 /// `struct ethtool_channels` from linux/ethtool.h.
+#[cfg(target_os = "linux")]
 #[repr(C)]
 #[derive(Default)]
 struct EthtoolChannels {
@@ -89,6 +102,7 @@ struct EthtoolChannels {
     combined_count: u32,
 }
 
+#[cfg(target_os = "linux")]
 fn ethtool_rx_channels(name: &str) -> Option<u32> {
     let cname = CString::new(name).ok()?;
     let bytes = cname.as_bytes_with_nul();
@@ -123,6 +137,7 @@ fn ethtool_rx_channels(name: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn loopback_has_one_rx_queue_and_unknown_devices_default_to_one() {
         assert_eq!(rx_queues("lo"), 1);

@@ -1,0 +1,44 @@
+//! The stand-in for `netlink.rs` where there is no rtnetlink (FreeBSD):
+//! the calls the forwarder and the next-hop resolver make, each failing
+//! until a port exists. On FreeBSD the device facts would come from
+//! getifaddrs(3) (AF_LINK for the MAC, `if_data` for the MTU), next hops
+//! from a PF_ROUTE RTM_GET per backend, and the neighbour table from the
+//! NET_RT_FLAGS/RTF_LLINFO sysctl (or FreeBSD 14's own netlink(4)).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such network device: {0}")]
+    NoSuchDevice(String),
+    #[error("{0} is not implemented on this OS")]
+    Unsupported(&'static str),
+}
+
+/// What we need to know about a device (as in `netlink.rs`, without XDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+pub fn device(name: &str) -> Result<Device, Error> {
+    match crate::io::device_index(name) {
+        None => Err(Error::NoSuchDevice(name.to_string())),
+        Some(_) => Err(Error::Unsupported(
+            "reading a device's MAC, MTU and addresses",
+        )),
+    }
+}
+
+pub fn neighbours(_index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, Error> {
+    Err(Error::Unsupported("reading the neighbour table"))
+}
+
+pub fn next_hop(_dst: IpAddr) -> Result<(IpAddr, u32), Error> {
+    Err(Error::Unsupported("looking up a route"))
+}
