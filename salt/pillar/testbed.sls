@@ -41,9 +41,8 @@ rusty_rail:
   git_url: https://github.com/rusty-rail/rusty_rail.git
   git_rev: main
   src_dir: /usr/local/src/rusty_rail
-  # Extra `cargo build --release` arguments per kernel. The FreeBSD netmap
-  # backend does not exist yet (a later issue): until it does, the FreeBSD
-  # build fails with these arguments.
+  # Extra `cargo build --release` arguments per kernel: FreeBSD has no
+  # XDP, so it builds the netmap backend alone (README "The netmap backend").
   cargo_args:
     Linux: ''
     FreeBSD: --no-default-features --features netmap
@@ -59,3 +58,6 @@ rusty_rail:
     RR_HASH_KEY: REPLACE-ME-with-openssl-rand-hex-16
     RR_HEALTH_PORT: {{ health.port }}
     RR_HEALTH_PATH: {{ health.path }}
+{%- if grains['kernel'] == 'FreeBSD' %}
+    RR_BACKEND: netmap
+{%- endif %}
