@@ -177,12 +177,14 @@ pub fn run(
             device.name
         );
     }
-    let (ports, path) = if xdp {
-        open_xdp(config, &device)?
+    // netmap takes the device from the host stack when it registers it,
+    // until a worker bridges the host rings: it opens just before the
+    // workers start, once next hops have been resolved (by the host).
+    let xdp_path = if xdp {
+        Some(open_xdp(config, &device)?)
     } else {
-        open_netmap(&device)?
+        None
     };
-    let queues = ports.len() as u32;
 
     let node = Node {
         mac: ethernet::Address(device.mac),
@@ -242,6 +244,11 @@ pub fn run(
         node.snapshot(&tables, &resolution, &Held::default()),
         flows,
     ));
+    let (ports, path) = match xdp_path {
+        Some(opened) => opened,
+        None => open_netmap(&device)?,
+    };
+    let queues = ports.len() as u32;
     let stats: Arc<Vec<Stats>> = Arc::new((0..queues).map(|_| Stats::default()).collect());
     let control = Arc::new(Controller::new(
         node,
@@ -606,8 +613,17 @@ fn open_xdp(config: &Config, device: &netlink::Device) -> Result<(Ports, Path), 
 fn open_netmap(device: &netlink::Device) -> Result<(Ports, Path), Error> {
     let info = netmap::info(&device.name)?;
     let pairs = info.pairs();
+    if info.tx_rings != info.rx_rings {
+        log::warn!(
+            "{} has {} TX and {} RX rings: only {pairs} pair(s) are served, frames on the other \
+             rings are not read",
+            device.name,
+            info.tx_rings,
+            info.rx_rings
+        );
+    }
     let ports = (0..pairs)
-        .map(|pair| netmap::open(&device.name, pair, pairs))
+        .map(|pair| netmap::open(&device.name, pair, &info))
         .collect::<Result<Vec<_>, _>>()?;
     let longest = device.mtu.saturating_add(18) as usize;
     if let Some(size) = ports.first().map(netmap::Port::buf_size)

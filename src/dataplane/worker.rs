@@ -107,6 +107,8 @@ pub struct PortCounts {
     /// Frames longer than one buffer (netmap's multi-slot frames), dropped
     /// before the pipeline saw them.
     pub too_long: u64,
+    /// Failed ring syncs, and slots naming a buffer outside the memory.
+    pub ring_errors: u64,
 }
 
 /// A packet I/O backend as the worker loop sees it.
@@ -179,6 +181,7 @@ struct StatsInner {
     from_host: AtomicU64,
     from_host_dropped: AtomicU64,
     too_long: AtomicU64,
+    ring_errors: AtomicU64,
     flow_hits: AtomicU64,
     flow_misses: AtomicU64,
     /// Batches polled, busy or idle: advances while the worker is alive.
@@ -202,6 +205,7 @@ pub struct Totals {
     pub from_host: u64,
     pub from_host_dropped: u64,
     pub too_long: u64,
+    pub ring_errors: u64,
     pub flow_hits: u64,
     pub flow_misses: u64,
     pub polls: u64,
@@ -221,6 +225,7 @@ impl Totals {
         self.from_host += other.from_host;
         self.from_host_dropped += other.from_host_dropped;
         self.too_long += other.too_long;
+        self.ring_errors += other.ring_errors;
         self.flow_hits += other.flow_hits;
         self.flow_misses += other.flow_misses;
         self.polls += other.polls;
@@ -247,6 +252,7 @@ impl Totals {
             "icmp_sent": self.icmp_sent,
             "to_host": self.to_host,
             "from_host": self.from_host,
+            "ring_errors": self.ring_errors,
             "dropped": dropped,
             "flows": {"hits": self.flow_hits, "misses": self.flow_misses},
         })
@@ -277,6 +283,7 @@ impl Stats {
         bump(&s.from_host, port.from_host);
         bump(&s.from_host_dropped, port.from_host_dropped);
         bump(&s.too_long, port.too_long);
+        bump(&s.ring_errors, port.ring_errors);
         bump(&s.flow_hits, batch.flow_hits);
         bump(&s.flow_misses, batch.flow_misses);
         bump(&s.polls, 1);
@@ -313,6 +320,7 @@ impl Stats {
             from_host: s.from_host.load(Relaxed),
             from_host_dropped: s.from_host_dropped.load(Relaxed),
             too_long: s.too_long.load(Relaxed),
+            ring_errors: s.ring_errors.load(Relaxed),
             flow_hits: s.flow_hits.load(Relaxed),
             flow_misses: s.flow_misses.load(Relaxed),
             polls: s.polls.load(Relaxed),

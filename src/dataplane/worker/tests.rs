@@ -229,6 +229,7 @@ fn counters_add_up_per_verdict_and_port_drops() {
             from_host: 4,
             from_host_dropped: 5,
             too_long: 6,
+            ring_errors: 7,
         },
     );
     stats.publish(&batch, PortCounts::default());
@@ -239,6 +240,7 @@ fn counters_add_up_per_verdict_and_port_drops() {
     assert_eq!(t.dropped[DropReason::TooBig as usize], 2);
     assert_eq!((t.tx_full, t.host_failed, t.polls), (1, 1, 2));
     assert_eq!((t.from_host, t.from_host_dropped, t.too_long), (4, 5, 6));
+    assert_eq!(t.ring_errors, 7);
     let mut sum = Totals::default();
     sum.add(&t);
     sum.add(&t);

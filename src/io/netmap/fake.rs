@@ -146,6 +146,7 @@ impl Device {
             host_pending: VecDeque::new(),
             stalled: false,
             host_stalled: false,
+            failing: false,
             errors: Vec::new(),
             txsyncs: 0,
             rxsyncs: 0,
@@ -362,14 +363,19 @@ pub struct Kernel {
     pub stalled: bool,
     /// The host stack takes nothing: the host TX ring fills up.
     pub host_stalled: bool,
+    /// Every sync fails and changes nothing (the device went away).
+    pub failing: bool,
     pub errors: Vec<String>,
     pub txsyncs: u64,
     pub rxsyncs: u64,
 }
 
 impl super::Kernel for Kernel {
-    fn txsync(&mut self) {
+    fn txsync(&mut self) -> bool {
         self.txsyncs += 1;
+        if self.failing {
+            return false;
+        }
         self.tx.txsync(
             "NIC TX",
             &mut self.pending,
@@ -388,10 +394,14 @@ impl super::Kernel for Kernel {
                 &mut self.errors,
             );
         }
+        true
     }
 
-    fn rxsync(&mut self) {
+    fn rxsync(&mut self) -> bool {
         self.rxsyncs += 1;
+        if self.failing {
+            return false;
+        }
         self.rx.rxsync(
             "NIC RX",
             &mut self.wire_in,
@@ -408,6 +418,7 @@ impl super::Kernel for Kernel {
                 &mut self.host_in,
             );
         }
+        true
     }
 
     fn wait(&mut self, _timeout: Duration) {}

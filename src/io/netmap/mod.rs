@@ -36,8 +36,8 @@
 use crate::dataplane::Verdict;
 use crate::dataplane::worker::{self, PortCounts};
 use netmap_sys::netmap::{
-    NR_FORWARD, NR_REG_NIC_SW, NR_REG_ONE_NIC, NR_REG_SW, NS_BUF_CHANGED, NS_FORWARD, NS_MOREFRAG,
-    netmap_if, netmap_ring, netmap_slot, nmreq,
+    NR_EXCLUSIVE, NR_FORWARD, NR_REG_NIC_SW, NR_REG_ONE_NIC, NR_REG_SW, NS_BUF_CHANGED, NS_FORWARD,
+    NS_MOREFRAG, netmap_if, netmap_ring, netmap_slot, nmreq,
 };
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -92,9 +92,11 @@ const _: () = {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot open /dev/netmap: {0} (is netmap loaded? FreeBSD: `kldload netmap` or a kernel with `device netmap`; Linux: the netmap module)"
+        "cannot open /dev/netmap: {0} (is netmap loaded, and are we root? FreeBSD: `kldload netmap` or a kernel with `device netmap`; Linux: the netmap module)"
     )]
     Open(std::io::Error),
+    #[error("{device} is in netmap use by another program (another rusty_rail, pkt-gen?)")]
+    Busy { device: String },
     #[error("RR_DEVICE={0:?}: a netmap port name is 1 to 15 bytes without NUL")]
     Name(String),
     #[error("netmap cannot {what} {device}: {source}")]
@@ -192,9 +194,6 @@ pub struct Ring {
     /// Buffers from `bufs_at` that lie inside the mapping.
     bufs: u32,
 }
-
-// SAFETY: a ring is used by one thread at a time (it moves to its worker).
-unsafe impl Send for Ring {}
 
 impl Ring {
     /// The ring at `at` in `map`, checked: header and slots inside the
@@ -306,7 +305,8 @@ impl Ring {
     /// nm_ring_next.
     #[inline]
     pub fn next(&self, i: u32) -> u32 {
-        if i + 1 >= self.num_slots { 0 } else { i + 1 }
+        // `num_slots` is at least 2 (checked in `new`).
+        if i >= self.num_slots - 1 { 0 } else { i + 1 }
     }
 
     /// nm_ring_space: frames to read on an RX ring, free slots on a TX
@@ -445,6 +445,10 @@ impl Interface {
                 .cast::<i64>()
                 .read_volatile()
         };
+        if ofs == 0 {
+            // The kernel leaves rings outside a registration at offset 0.
+            return Err(format!("ring {n} is not in this registration"));
+        }
         let at = i64::try_from(self.at)
             .ok()
             .and_then(|a| a.checked_add(ofs))
@@ -483,10 +487,11 @@ impl Interface {
 /// The ioctl and poll layer under a port.
 pub trait Kernel {
     /// NIOCTXSYNC: sends what the TX rings hold up to `head` and gives
-    /// back the slots already sent.
-    fn txsync(&mut self);
+    /// back the slots already sent. False when a sync failed.
+    fn txsync(&mut self) -> bool;
     /// NIOCRXSYNC: takes back the RX slots before `head` and fills more.
-    fn rxsync(&mut self);
+    /// False when a sync failed.
+    fn rxsync(&mut self) -> bool;
     /// Sleeps until a ring has work or `timeout` passes.
     fn wait(&mut self, timeout: Duration);
 }
@@ -610,7 +615,7 @@ impl<K: Kernel> worker::Port for Port<K> {
             let buf_size = self.rx.buf_size();
             let Some(buf) = self.rx.buf(slot.buf_idx) else {
                 // A buffer index outside the memory: nothing to read.
-                self.counts.too_long += 1;
+                self.counts.ring_errors += 1;
                 i = self.rx.next(i);
                 continue;
             };
@@ -661,7 +666,7 @@ impl<K: Kernel> worker::Port for Port<K> {
                 let fits = slot.len > 0 && usize::from(slot.len) <= host.rx.buf_size();
                 if self.host_skipping || more || !fits {
                     if !self.host_skipping {
-                        self.counts.from_host_dropped += 1;
+                        self.counts.too_long += 1;
                     }
                     self.host_skipping = more;
                     host.rx.set_slot(j, Slot { flags: 0, ..slot });
@@ -683,11 +688,13 @@ impl<K: Kernel> worker::Port for Port<K> {
             .host
             .as_ref()
             .is_some_and(|host| Self::in_flight(&host.tx) > 0);
-        if Self::in_flight(&self.tx) > 0 || host_busy {
-            self.kernel.txsync();
+        if (Self::in_flight(&self.tx) > 0 || host_busy) && !self.kernel.txsync() {
+            self.counts.ring_errors += 1;
         }
         // Hands back what was read (and what goes up) and fetches more.
-        self.kernel.rxsync();
+        if !self.kernel.rxsync() {
+            self.counts.ring_errors += 1;
+        }
         moved as usize
     }
 
@@ -702,7 +709,7 @@ impl<K: Kernel> worker::Port for Port<K> {
     fn drain(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            self.kernel.txsync();
+            let _ = self.kernel.txsync();
             let host_busy = self
                 .host
                 .as_ref()
@@ -721,20 +728,24 @@ pub struct Fds {
 }
 
 impl Kernel for Fds {
-    fn txsync(&mut self) {
+    fn txsync(&mut self) -> bool {
+        let mut ok = true;
         for fd in &self.fds {
             // SAFETY: NIOCTXSYNC takes no argument; `fd` is our open,
-            // registered netmap descriptor. Failures leave the ring as it
-            // was, and the next batch tries again.
-            unsafe { libc::ioctl(fd.as_raw_fd(), netmap_sys::netmap::NIOCTXSYNC as _) };
+            // registered netmap descriptor. A failure leaves the rings as
+            // they were; the port counts it and the next batch tries again.
+            ok &= unsafe { libc::ioctl(fd.as_raw_fd(), netmap_sys::netmap::NIOCTXSYNC as _) } == 0;
         }
+        ok
     }
 
-    fn rxsync(&mut self) {
+    fn rxsync(&mut self) -> bool {
+        let mut ok = true;
         for fd in &self.fds {
             // SAFETY: as in `txsync`, for NIOCRXSYNC.
-            unsafe { libc::ioctl(fd.as_raw_fd(), netmap_sys::netmap::NIOCRXSYNC as _) };
+            ok &= unsafe { libc::ioctl(fd.as_raw_fd(), netmap_sys::netmap::NIOCRXSYNC as _) } == 0;
         }
+        ok
     }
 
     fn wait(&mut self, timeout: Duration) {
@@ -804,10 +815,16 @@ fn ioctl(
     // which `req` is (size pinned above), for the duration of the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, req as *mut nmreq) };
     if rc < 0 {
+        let source = std::io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EBUSY) {
+            return Err(Error::Busy {
+                device: device.to_string(),
+            });
+        }
         return Err(Error::Ioctl {
             what,
             device: device.to_string(),
-            source: std::io::Error::last_os_error(),
+            source,
         });
     }
     Ok(())
@@ -826,11 +843,14 @@ pub fn info(device: &str) -> Result<Info, Error> {
     })
 }
 
-/// Registers `device` in `mode` (an NR_REG_* value) and maps its memory.
-fn register(device: &str, mode: u32, ring: u32) -> Result<(OwnedFd, Interface), Error> {
+/// Registers `device` in `mode` (an NR_REG_* value), alone, and maps its
+/// memory; returns the memory allocator's id too.
+fn register(device: &str, mode: u32, ring: u32) -> Result<(OwnedFd, Interface, u16), Error> {
     let fd = open_dev()?;
     let mut req = request(device)?;
-    req.nr_flags = mode;
+    // Exclusive: a second program on the same rings would fight over
+    // head, cur and the buffers.
+    req.nr_flags = mode | NR_EXCLUSIVE;
     req.nr_ringid = u16::try_from(ring).unwrap_or(0);
     ioctl(
         &fd,
@@ -871,19 +891,20 @@ fn register(device: &str, mode: u32, ring: u32) -> Result<(OwnedFd, Interface), 
         device: device.to_string(),
         message,
     })?;
-    Ok((fd, nifp))
+    Ok((fd, nifp, req.nr_arg2))
 }
 
-/// Opens the port for NIC ring pair `pair` of `pairs`. Pair 0 also
-/// bridges the host rings: in the same registration when the NIC has one
-/// pair, else in a second one.
-pub fn open(device: &str, pair: u32, pairs: u32) -> Result<Port<Fds>, Error> {
+/// Opens the port for NIC ring pair `pair`. Pair 0 also bridges the host
+/// rings: in the same registration when the NIC has one ring each way,
+/// else in a second one (which must share the first one's memory, for
+/// the buffer swaps).
+pub fn open(device: &str, pair: u32, info: &Info) -> Result<Port<Fds>, Error> {
     let layout = |message: String| Error::Layout {
         device: device.to_string(),
         message,
     };
-    if pairs <= 1 {
-        let (fd, nifp) = register(device, NR_REG_NIC_SW, 0)?;
+    if info.tx_rings == 1 && info.rx_rings == 1 {
+        let (fd, nifp, _) = register(device, NR_REG_NIC_SW, 0)?;
         let host = Host {
             rx: nifp.host_rx_ring().map_err(layout)?,
             tx: nifp.host_tx_ring().map_err(layout)?,
@@ -894,14 +915,19 @@ pub fn open(device: &str, pair: u32, pairs: u32) -> Result<Port<Fds>, Error> {
         );
         return Ok(Port::new(Fds { fds: vec![fd] }, rx, tx, Some(host)));
     }
-    let (fd, nifp) = register(device, NR_REG_ONE_NIC, pair)?;
+    let (fd, nifp, mem) = register(device, NR_REG_ONE_NIC, pair)?;
     let (rx, tx) = (
         nifp.rx_ring(pair).map_err(layout)?,
         nifp.tx_ring(pair).map_err(layout)?,
     );
     let mut fds = vec![fd];
     let host = if pair == 0 {
-        let (fd, nifp) = register(device, NR_REG_SW, 0)?;
+        let (fd, nifp, host_mem) = register(device, NR_REG_SW, 0)?;
+        if host_mem != mem {
+            return Err(layout(format!(
+                "the host rings are in memory {host_mem}, the NIC rings in {mem}"
+            )));
+        }
         fds.push(fd);
         Some(Host {
             rx: nifp.host_rx_ring().map_err(layout)?,
