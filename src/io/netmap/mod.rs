@@ -116,7 +116,7 @@ pub enum Error {
 
 /// Memory holding netmap rings and buffers: the kernel's mapping, or the
 /// tests' stand-in for it.
-pub struct Mapping {
+struct Mapping {
     base: NonNull<u8>,
     len: usize,
     owner: Owner,
@@ -176,14 +176,14 @@ impl Mapping {
 }
 
 /// One netmap slot: a buffer index, the frame length and flags.
-pub type Slot = netmap_slot;
+type Slot = netmap_slot;
 
 /// A netmap ring in a mapping: the netmap_user.h helpers, bounds-checked.
 ///
 /// The user side owns slots `head..tail`; the kernel owns the rest and
 /// moves `tail` only inside a sync. Every pointer this hands out was
 /// checked against the mapping when the ring was made.
-pub struct Ring {
+struct Ring {
     map: Arc<Mapping>,
     /// Offset of the `netmap_ring` in the mapping.
     at: usize,
@@ -256,43 +256,43 @@ impl Ring {
         unsafe { self.map.base.as_ptr().add(self.at).cast() }
     }
 
-    pub fn num_slots(&self) -> u32 {
+    fn num_slots(&self) -> u32 {
         self.num_slots
     }
 
-    pub fn buf_size(&self) -> usize {
+    fn buf_size(&self) -> usize {
         self.buf_size
     }
 
-    pub fn head(&self) -> u32 {
+    fn head(&self) -> u32 {
         // SAFETY: the header is inside the mapping (see `header`); the
         // kernel writes this word only inside our own syscalls.
         unsafe { (&raw const (*self.header()).head).read_volatile() }
     }
 
-    pub fn cur(&self) -> u32 {
+    fn cur(&self) -> u32 {
         // SAFETY: as for `head`.
         unsafe { (&raw const (*self.header()).cur).read_volatile() }
     }
 
-    pub fn tail(&self) -> u32 {
+    fn tail(&self) -> u32 {
         // SAFETY: as for `head`.
         unsafe { (&raw const (*self.header()).tail).read_volatile() }
     }
 
-    pub fn flags(&self) -> u32 {
+    fn flags(&self) -> u32 {
         // SAFETY: as for `head`.
         unsafe { (&raw const (*self.header()).flags).read_volatile() }
     }
 
-    pub fn set_flags(&mut self, flags: u32) {
+    fn set_flags(&mut self, flags: u32) {
         // SAFETY: as for `head`; `flags` is the user's to write.
         unsafe { (&raw mut (*self.header()).flags).write_volatile(flags) }
     }
 
     /// Hands slots up to `head` (exclusive) to the kernel: head and cur
     /// move together. Ignored unless `head` is a slot index.
-    pub fn advance(&mut self, head: u32) {
+    fn advance(&mut self, head: u32) {
         if head < self.num_slots {
             // SAFETY: as for `head`; head and cur are the user's to write.
             unsafe {
@@ -304,7 +304,7 @@ impl Ring {
 
     /// nm_ring_next.
     #[inline]
-    pub fn next(&self, i: u32) -> u32 {
+    fn next(&self, i: u32) -> u32 {
         // `num_slots` is at least 2 (checked in `new`).
         if i >= self.num_slots - 1 { 0 } else { i + 1 }
     }
@@ -312,7 +312,7 @@ impl Ring {
     /// nm_ring_space: frames to read on an RX ring, free slots on a TX
     /// ring. Zero if the kernel left `tail` outside the ring.
     #[inline]
-    pub fn space(&self) -> u32 {
+    fn space(&self) -> u32 {
         let (head, tail) = (self.head(), self.tail());
         if tail >= self.num_slots || head >= self.num_slots {
             0
@@ -338,7 +338,7 @@ impl Ring {
 
     /// Slot `i`, or None when the ring has no such slot.
     #[inline]
-    pub fn slot(&self, i: u32) -> Option<Slot> {
+    fn slot(&self, i: u32) -> Option<Slot> {
         // SAFETY: `slot_ptr` only returns pointers to slots inside the
         // mapping, 8-byte aligned (ring and SLOTS_AT are).
         self.slot_ptr(i).map(|p| unsafe { p.read_volatile() })
@@ -346,7 +346,7 @@ impl Ring {
 
     /// Writes slot `i`; false when the ring has no such slot.
     #[inline]
-    pub fn set_slot(&mut self, i: u32, slot: Slot) -> bool {
+    fn set_slot(&mut self, i: u32, slot: Slot) -> bool {
         match self.slot_ptr(i) {
             Some(p) => {
                 // SAFETY: as in `slot`.
@@ -360,7 +360,7 @@ impl Ring {
     /// NETMAP_BUF: buffer `index` as bytes, or None when it would lie
     /// outside the mapping. The caller's slot must be on the user side.
     #[inline]
-    pub fn buf(&mut self, index: u32) -> Option<&mut [u8]> {
+    fn buf(&mut self, index: u32) -> Option<&mut [u8]> {
         if index >= self.bufs {
             return None;
         }
@@ -383,19 +383,18 @@ impl Ring {
 }
 
 /// A `netmap_if`: the rings of one registration.
-pub struct Interface {
+struct Interface {
     map: Arc<Mapping>,
     at: usize,
-    pub tx_rings: u32,
-    pub rx_rings: u32,
-    pub host_tx_rings: u32,
-    pub host_rx_rings: u32,
+    tx_rings: u32,
+    rx_rings: u32,
+    host_tx_rings: u32,
 }
 
 impl Interface {
     /// The `netmap_if` at `at` in `map`, with its ring offset table
     /// inside the mapping.
-    pub fn new(map: Arc<Mapping>, at: usize) -> Result<Interface, String> {
+    fn new(map: Arc<Mapping>, at: usize) -> Result<Interface, String> {
         if !at.is_multiple_of(8) {
             return Err(format!("netmap_if at {at} is misaligned"));
         }
@@ -428,7 +427,6 @@ impl Interface {
             tx_rings: tx,
             rx_rings: rx,
             host_tx_rings: host_tx,
-            host_rx_rings: host_rx,
         })
     }
 
@@ -458,7 +456,7 @@ impl Interface {
     }
 
     /// NETMAP_TXRING.
-    pub fn tx_ring(&self, i: u32) -> Result<Ring, String> {
+    fn tx_ring(&self, i: u32) -> Result<Ring, String> {
         if i >= self.tx_rings {
             return Err(format!("no NIC TX ring {i}"));
         }
@@ -466,7 +464,7 @@ impl Interface {
     }
 
     /// NETMAP_RXRING.
-    pub fn rx_ring(&self, i: u32) -> Result<Ring, String> {
+    fn rx_ring(&self, i: u32) -> Result<Ring, String> {
         if i >= self.rx_rings {
             return Err(format!("no NIC RX ring {i}"));
         }
@@ -474,12 +472,12 @@ impl Interface {
     }
 
     /// The first host TX ring (to the host stack).
-    pub fn host_tx_ring(&self) -> Result<Ring, String> {
+    fn host_tx_ring(&self) -> Result<Ring, String> {
         self.ring(self.tx_rings)
     }
 
     /// The first host RX ring (from the host stack).
-    pub fn host_rx_ring(&self) -> Result<Ring, String> {
+    fn host_rx_ring(&self) -> Result<Ring, String> {
         self.ring(self.tx_rings + self.host_tx_rings + self.rx_rings)
     }
 }

@@ -70,7 +70,7 @@ fn netmap_interface_finds_rings_in_netmap_if_order() {
     let dev = Device::new(spec(2, 8));
     let nifp = dev.interface();
     assert_eq!((nifp.tx_rings, nifp.rx_rings), (2, 2));
-    assert_eq!((nifp.host_tx_rings, nifp.host_rx_rings), (1, 1));
+    assert_eq!(nifp.host_tx_rings, 1);
     // Table order NIC TX, host TX, NIC RX, host RX: ring 1 of each
     // kind is told apart by its id and direction fields.
     let header = |r: &Ring| {
