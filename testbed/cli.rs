@@ -224,3 +224,35 @@ fn default_hash_key_is_warned_about() {
         "{lines:?}"
     );
 }
+
+/// `RR_BACKEND=netmap`: in a build with the feature, it gets as far as
+/// opening /dev/netmap, which this machine lacks, and says so in one
+/// line with status 1 (nothing left behind); without the feature it is a
+/// configuration error naming the feature.
+#[test]
+fn netmap_backend_without_netmap_fails_in_one_line() {
+    let env = [
+        ("RR_DEVICE", "lo"),
+        ("RR_TARGET_IPS", "127.0.0.1"),
+        ("RR_HASH_KEY", KEY),
+        ("RR_BACKEND", "netmap"),
+        ("RR_API", "off"),
+    ];
+    if !cfg!(feature = "netmap") {
+        assert_config_error(&env, &["RR_BACKEND", "--features netmap"]);
+        return;
+    }
+    if std::path::Path::new("/dev/netmap").exists() {
+        eprintln!("skipped: this host has /dev/netmap, so rusty_rail may start");
+        return;
+    }
+    let out = run(&[], &env);
+    let lines = log_lines(&out);
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
+    let msg = fatal(&lines);
+    assert!(
+        msg.starts_with("cannot open /dev/netmap: No such file or directory"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+}
