@@ -15,6 +15,9 @@ pub mod neighbours;
 pub mod netlink;
 #[cfg(target_os = "linux")]
 pub mod privileges;
+/// FreeBSD's routing messages, parsed: built for FreeBSD, and everywhere for the tests.
+#[cfg(any(test, target_os = "freebsd"))]
+pub mod route_msg;
 pub mod services;
 
 /// The namespace test harness, shared with the testbed.
