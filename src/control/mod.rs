@@ -10,11 +10,19 @@ pub mod forwarder;
 pub mod health;
 pub mod metrics;
 pub mod neighbours;
-/// rtnetlink on Linux; elsewhere a stand-in whose calls fail.
-#[cfg_attr(not(target_os = "linux"), path = "no_netlink.rs")]
+/// rtnetlink on Linux; the routing socket and sysctls on FreeBSD
+/// (`route_socket.rs`); elsewhere a stand-in whose calls fail.
+#[cfg_attr(target_os = "freebsd", path = "route_socket.rs")]
+#[cfg_attr(
+    not(any(target_os = "linux", target_os = "freebsd")),
+    path = "no_netlink.rs"
+)]
 pub mod netlink;
 #[cfg(target_os = "linux")]
 pub mod privileges;
+/// FreeBSD's routing messages, parsed: built for FreeBSD, and everywhere for the tests.
+#[cfg(any(test, target_os = "freebsd"))]
+pub mod route_msg;
 pub mod services;
 
 /// The namespace test harness, shared with the testbed.

@@ -7,8 +7,9 @@
 //! makes the kernel resolve the hop; workers count its frames as
 //! `no_neighbour` meanwhile and never wait.
 //!
-//! Only Linux has a backend (rtnetlink); elsewhere every pass fails and
-//! every backend stays unresolved (see `no_netlink.rs`).
+//! Linux reads rtnetlink; FreeBSD the routing socket and the link-layer
+//! sysctl (`route_socket.rs`); elsewhere every pass fails and every
+//! backend stays unresolved (see `no_netlink.rs`).
 
 use super::netlink;
 use crate::dataplane::Tables;

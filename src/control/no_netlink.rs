@@ -1,9 +1,6 @@
-//! The stand-in for `netlink.rs` where there is no rtnetlink (FreeBSD):
-//! the calls the forwarder and the next-hop resolver make, each failing
-//! until a port exists. On FreeBSD the device facts would come from
-//! getifaddrs(3) (AF_LINK for the MAC, `if_data` for the MTU), next hops
-//! from a PF_ROUTE RTM_GET per backend, and the neighbour table from the
-//! NET_RT_FLAGS/RTF_LLINFO sysctl (or FreeBSD 14's own netlink(4)).
+//! The stand-in for `netlink.rs` on OSes with neither rtnetlink nor the
+//! FreeBSD routing messages of `route_socket.rs`: the calls the forwarder
+//! and the next-hop resolver make, each failing.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

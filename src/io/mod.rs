@@ -9,6 +9,8 @@ pub mod bpf;
 pub mod netmap;
 #[cfg(target_os = "linux")]
 pub mod packet;
+#[cfg(target_os = "freebsd")]
+pub mod route;
 #[cfg(target_os = "linux")]
 pub mod tap;
 #[cfg(feature = "xdp")]
