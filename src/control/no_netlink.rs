@@ -2,7 +2,9 @@
 //! FreeBSD routing messages of `route_socket.rs`: the calls the forwarder
 //! and the next-hop resolver make, each failing.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
+
+pub use super::route_msg::Device;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,17 +12,6 @@ pub enum Error {
     NoSuchDevice(String),
     #[error("{0} is not implemented on this OS")]
     Unsupported(&'static str),
-}
-
-/// What we need to know about a device (as in `netlink.rs`, without XDP).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub name: String,
-    pub index: u32,
-    pub mac: [u8; 6],
-    pub mtu: u32,
-    pub v4: Vec<Ipv4Addr>,
-    pub v6: Vec<Ipv6Addr>,
 }
 
 pub fn device(name: &str) -> Result<Device, Error> {
