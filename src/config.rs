@@ -155,8 +155,8 @@ Configuration is read from these environment variables (an empty value counts as
                  Default: auto. Unused with netmap.
 
   RR_CORES       The cores the workers are pinned to, ','-separated numbers below
-                 4096; one worker per RX queue, queue i on the i-th listed core
-                 (wrapping).
+                 4096; one worker per RX queue (netmap: per ring pair), queue i
+                 on the i-th listed core (wrapping).
                  Default: unset (queue i on core i, wrapping).
                  Example: RR_CORES=2,3
 
@@ -210,6 +210,7 @@ Configuration is read from these environment variables (an empty value counts as
                  ';'-separated ADDR/PREFIX (ADDR alone means /32 or /128), at
                  most 64. Plain IP to them is load-balanced like GRE'd traffic
                  (their set in RR_VIPS, else RR_TARGET_IPS). Not with RR_VLAN.
+                 Linux only.
                  Example: RR_ANNOUNCE=\"192.168.77.100/24;fd00::100/64\"
 
   RR_ANNOUNCE_INTERVAL  Seconds between announcements: 0.05..3600 (fractions
@@ -1055,7 +1056,7 @@ fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
                 return Err(bad(
                     "RR_BACKEND",
                     v,
-                    "netmap: this build has no XDP backend (build with --features xdp, on Linux)",
+                    "netmap (this build has no XDP backend: build with --features xdp, on Linux)",
                 ));
             }
             "netmap" if cfg!(feature = "netmap") => Io::Netmap,
@@ -1063,7 +1064,7 @@ fn parse_forwarder(raw: &Raw) -> Result<Forwarder, Error> {
                 return Err(bad(
                     "RR_BACKEND",
                     v,
-                    "xdp: this build has no netmap backend (build with --features netmap)",
+                    "xdp (this build has no netmap backend: build with --features netmap)",
                 ));
             }
             _ => return Err(bad("RR_BACKEND", v, "xdp or netmap")),
@@ -1262,7 +1263,7 @@ fn parse_announce(raw: &Raw) -> Result<Option<Announce>, Error> {
         return Err(bad(
             "RR_ANNOUNCE",
             list,
-            "nothing: announcing needs Linux (rtnetlink and packet sockets)",
+            "it unset (announcing needs Linux: rtnetlink and packet sockets)",
         ));
     }
     let mut addresses: Vec<(IpAddr, u8)> = Vec::new();

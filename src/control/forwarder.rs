@@ -1,13 +1,16 @@
 //! Starting, running and stopping the forwarder on one device.
 //!
-//! Start: check the device and privileges, remove addresses a crashed run
-//! announced, clear a leftover program of ours, attach the XDP steering
-//! program, open one AF_XDP socket per RX queue, start one pinned worker
-//! per socket, then the announcer. Run: keep the next hops resolved and
-//! swap in a new snapshot when they change; log the counters. Stop: remove
-//! the announced addresses, stop the workers, drain their TX rings, close
-//! the sockets and detach the program, so the device is left as it was
-//! found.
+//! Start: check the device (and, for XDP, the privileges), remove
+//! addresses a crashed run announced, then per backend: XDP clears a
+//! leftover program of ours, attaches the steering program and opens one
+//! AF_XDP socket per RX queue; netmap registers one port per NIC ring pair,
+//! once the next hops are resolved (it takes the device from the host
+//! stack until its workers bridge the host rings). Then one pinned worker
+//! per socket or port, then the announcer. Run: keep the next hops
+//! resolved and swap in a new snapshot when they change; log the counters.
+//! Stop: remove the announced addresses, stop the workers, drain their TX
+//! rings, close the sockets or ports and detach the program, so the device
+//! is left as it was found.
 
 #[cfg(target_os = "linux")]
 use super::announce::{self, Announcer};
