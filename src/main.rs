@@ -48,9 +48,14 @@ fn main() -> ExitCode {
         }
     }
     init_logging();
-    // A panic is fatal too, and says so in a JSON line (release builds
-    // abort right after; the next start removes announced addresses).
-    std::panic::set_hook(Box::new(|info| fatal(&format!("panic: {info}"))));
+    // A panic is fatal too: it says so in a JSON line and aborts, in every
+    // build, so no worker dies alone (the next start removes announced
+    // addresses). Not the profile's `panic = "abort"`: netmap_sys is also
+    // built as a dylib, which that setting cannot build.
+    std::panic::set_hook(Box::new(|info| {
+        fatal(&format!("panic: {info}"));
+        std::process::abort();
+    }));
     match run() {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Config(line)) => {

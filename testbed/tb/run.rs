@@ -4,7 +4,7 @@
 //! down, also on Ctrl-C.
 
 /// `println!` that ignores a closed stdout (`| head`, a hung-up terminal):
-/// a release build would abort on the panic and skip the teardown.
+/// its panic would abort and skip the orderly teardown.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -108,11 +108,12 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("rr-testbed run: needs root (network namespaces, XDP)");
         return 2;
     }
-    // Release builds abort on a panic, so Drop would not tear down.
+    // A panic tears down here and aborts, so no Drop tears down twice.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         topology::delete_leftovers();
+        std::process::abort();
     }));
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     for sig in [SIGINT, SIGTERM, SIGHUP] {

@@ -242,8 +242,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Deletes every namespace this process made and has not deleted: for a
-/// panic hook, since release builds abort instead of unwinding (so Drop
-/// does not run). The processes die with us (PR_SET_PDEATHSIG).
+/// panic hook that aborts (so Drop does not run). The processes die with
+/// us (PR_SET_PDEATHSIG).
 pub fn delete_leftovers() {
     let names = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
     for ns in names.iter().rev() {
