@@ -148,8 +148,6 @@ impl Device {
             host_stalled: false,
             failing: false,
             errors: Vec::new(),
-            txsyncs: 0,
-            rxsyncs: 0,
         };
         Port::new(
             kernel,
@@ -366,13 +364,10 @@ pub struct Kernel {
     /// Every sync fails and changes nothing (the device went away).
     pub failing: bool,
     pub errors: Vec<String>,
-    pub txsyncs: u64,
-    pub rxsyncs: u64,
 }
 
 impl super::Kernel for Kernel {
     fn txsync(&mut self) -> bool {
-        self.txsyncs += 1;
         if self.failing {
             return false;
         }
@@ -398,7 +393,6 @@ impl super::Kernel for Kernel {
     }
 
     fn rxsync(&mut self) -> bool {
-        self.rxsyncs += 1;
         if self.failing {
             return false;
         }

@@ -539,11 +539,6 @@ impl<K: Kernel> Port<K> {
         self.rx.buf_size()
     }
 
-    /// Whether this port bridges the host rings.
-    pub fn has_host_rings(&self) -> bool {
-        self.host.is_some()
-    }
-
     #[cfg(test)]
     fn kernel_mut(&mut self) -> &mut K {
         &mut self.kernel
@@ -767,8 +762,6 @@ impl Kernel for Fds {
 pub struct Info {
     pub tx_rings: u32,
     pub rx_rings: u32,
-    pub tx_slots: u32,
-    pub rx_slots: u32,
 }
 
 impl Info {
@@ -836,8 +829,6 @@ pub fn info(device: &str) -> Result<Info, Error> {
     Ok(Info {
         tx_rings: u32::from(req.nr_tx_rings),
         rx_rings: u32::from(req.nr_rx_rings),
-        tx_slots: req.nr_tx_slots,
-        rx_slots: req.nr_rx_slots,
     })
 }
 

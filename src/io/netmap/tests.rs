@@ -223,7 +223,7 @@ fn netmap_to_host_without_host_rings_goes_up_through_ns_forward() {
     let dev = Device::new(spec(2, 16));
     // Pair 1 of 2: the host rings belong to pair 0's port.
     let mut port = dev.port(1, false);
-    assert!(!port.has_host_rings());
+    assert!(port.host.is_none());
     let rx_buffers = buffers_of(&dev.interface().rx_ring(1).unwrap());
     let frames: Vec<Vec<u8>> = (0..20).map(|i| frame(i, 80)).collect();
     port.kernel_mut().wire_in.extend(frames.iter().cloned());
@@ -596,8 +596,6 @@ fn netmap_open_without_netmap_says_so_in_one_line() {
     let one = Info {
         tx_rings: 1,
         rx_rings: 1,
-        tx_slots: 256,
-        rx_slots: 256,
     };
     let err = open("lo", 0, &one).err().expect("no /dev/netmap here");
     assert!(matches!(err, Error::Open(_)), "{err}");
