@@ -413,5 +413,6 @@ pub fn run<P: Port>(port: &mut P, shared: &Shared, stats: &Stats, settings: Sett
     }
 }
 
+/// Shared with the netmap port's tests, which run this loop on its rings.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,15 +6,15 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 const KEY: [u8; 16] = [3; 16];
-const NODE: [u8; 4] = [10, 9, 0, 1];
-const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub(crate) const NODE: [u8; 4] = [10, 9, 0, 1];
+pub(crate) const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 /// An announced VIP: the default set serves it.
 const VIP: [u8; 4] = [198, 51, 100, 7];
 /// The buffer a port hands `decide`: a frame and spare room.
 const ROOM: usize = 2048;
 
 /// A GRE frame to the node carrying UDP flow `i`, built with etherparse.
-fn frame(i: u32) -> Vec<u8> {
+pub(crate) fn frame(i: u32) -> Vec<u8> {
     let mut inner = Vec::new();
     PacketBuilder::ipv4([192, 0, 2, (i % 250) as u8], [198, 51, 100, 7], 64)
         .udp(1024 + (i % 60000) as u16, 443)
@@ -33,7 +33,7 @@ fn frame(i: u32) -> Vec<u8> {
 /// The MAC we give each backend's neighbour entry: it names the backend,
 /// so a frame readdressed from one snapshot and re-MACed from another
 /// would show.
-fn mac_of(addr: IpAddr) -> ethernet::Address {
+pub(crate) fn mac_of(addr: IpAddr) -> ethernet::Address {
     match addr {
         IpAddr::V4(a) => {
             let o = a.octets();
@@ -43,7 +43,7 @@ fn mac_of(addr: IpAddr) -> ethernet::Address {
     }
 }
 
-fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
+pub(crate) fn snapshot(generation: u64, backends: &[&str]) -> Snapshot {
     let set: Vec<Backend> = backends
         .iter()
         .map(|a| Backend {

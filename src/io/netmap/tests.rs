@@ -624,70 +624,20 @@ fn netmap_names_are_checked_before_any_ioctl() {
     );
 }
 
-/// A GRE frame to `node` carrying UDP flow `i` to `vip`, built with
-/// etherparse (the oracle, not our encoder).
-fn gre_frame(node: [u8; 4], node_mac: [u8; 6], vip: [u8; 4], i: u16) -> Vec<u8> {
-    use etherparse::{IpNumber, PacketBuilder};
-    let mut inner = Vec::new();
-    PacketBuilder::ipv4([192, 0, 2, 1], vip, 64)
-        .udp(1024 + i, 443)
-        .write(&mut inner, b"payload")
-        .unwrap();
-    let mut gre = vec![0, 0, 0x08, 0x00];
-    gre.extend_from_slice(&inner);
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], node_mac)
-        .ipv4([10, 9, 0, 200], node, 64)
-        .write(&mut out, IpNumber(47), &gre)
-        .unwrap();
-    out
-}
-
 #[test]
 fn netmap_port_runs_the_worker_pipeline() {
     use crate::config::Idle;
-    use crate::dataplane::worker::{self, Settings, Shared, Snapshot, Stats};
-    use crate::dataplane::{Service, Tables, flow, neighbours};
-    use crate::maglev::Backend;
-    use crate::wire::ethernet;
-    use etherparse::{NetSlice, SlicedPacket};
+    use crate::dataplane::worker::tests::{NODE, NODE_MAC, frame as gre, mac_of, snapshot};
+    use crate::dataplane::worker::{self, Settings, Shared, Stats};
+    use etherparse::{LinkHeader, NetSlice, SlicedPacket};
     use std::net::{IpAddr, Ipv4Addr};
 
-    const NODE: [u8; 4] = [10, 9, 0, 1];
-    const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-    const VIP: [u8; 4] = [198, 51, 100, 7];
-    const BACKEND_MAC: [u8; 6] = [2, 0xbb, 0, 0, 0, 1];
-    let key = [3u8; 16];
     let backend = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1));
-    let set = [Backend {
-        addr: backend,
-        weight: 1,
-    }];
-    let tables = Tables::new(
-        1,
-        Some(Service::build(None, &set, &key, 251).unwrap()),
-        Vec::new(),
-    )
-    .unwrap();
-    let snapshot = Snapshot {
-        tables: Arc::new(tables),
-        neighbours: neighbours::Static::new(vec![(backend, ethernet::Address(BACKEND_MAC))], None),
-        mac: ethernet::Address(NODE_MAC),
-        local_v4: vec![NODE],
-        local_v6: Vec::new(),
-        vips_v4: Vec::new(),
-        vips_v6: Vec::new(),
-        primary_v4: Some(NODE),
-        primary_v6: None,
-        mtu: 1500,
-        vlan: None,
-        hasher: flow::Hasher::new(&key),
-    };
-    let shared = Shared::new(snapshot, None);
+    let shared = Shared::new(snapshot(1, &["10.1.0.1"]), None);
     let stats = Stats::default();
     let dev = Device::new(spec(1, 32));
     let mut port = dev.port(0, true);
-    let gre: Vec<Vec<u8>> = (0..50).map(|i| gre_frame(NODE, NODE_MAC, VIP, i)).collect();
+    let gre: Vec<Vec<u8>> = (0..50).map(gre).collect();
     // An ARP request is the host's business.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06]);
@@ -735,12 +685,10 @@ fn netmap_port_runs_the_worker_pipeline() {
         }
         out += 1;
         let p = SlicedPacket::from_ethernet(&sent.frame).unwrap();
-        let eth = p.link.as_ref().unwrap().to_header().unwrap();
-        let eth = match eth {
-            etherparse::LinkHeader::Ethernet2(e) => e,
-            other => panic!("{other:?}"),
+        let Some(LinkHeader::Ethernet2(eth)) = p.link.as_ref().unwrap().to_header() else {
+            panic!("not Ethernet II")
         };
-        assert_eq!(eth.destination, BACKEND_MAC);
+        assert_eq!(eth.destination, mac_of(backend).0);
         assert_eq!(eth.source, NODE_MAC);
         let Some(NetSlice::Ipv4(ip)) = &p.net else {
             panic!("not IPv4")
